@@ -1,0 +1,621 @@
+"""The run state machine: synchronous transitions, no I/O, no awaiting (tier 3).
+
+Every method is a plain call that changes state, emits the envelopes of that change (in the
+order of the change, numbered from one sequence) and leaves *effects* for the scheduler:
+`Ready` (a node may be dispatched), `Cancel` (stop a running attempt), `Timer` (call
+`fire_timer` after a delay). Results and reports carry a dispatch id; anything for an attempt
+that is no longer current is ignored (fenced), so duplicates and late arrivals change nothing.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import msgspec
+
+from .bindings import (
+    BindingPathError,
+    MissingValue,
+    get_value,
+    merge_into,
+    parse_path,
+    set_value,
+)
+from .errors import Code
+from .events import Envelope, Scope
+from .graph import Graph
+from .model import ErrorInfo, RunOptions, Workflow
+from .node_api import NodeSpec
+from .runstate import Frame, Run, Task, run_summary
+
+__all__ = ["Cancel", "Dispatch", "Engine", "Ready", "RunFinished", "Timer"]
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    task: Task
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    dispatch_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Timer:
+    delay: float
+    kind: Literal["retry", "timeout"]
+    task: Task
+    fence: int  # the task's attempt when the timer was set
+
+
+@dataclass(frozen=True, slots=True)
+class RunFinished:
+    run: Run
+
+
+Effect = Ready | Cancel | Timer | RunFinished
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """One attempt of one node, handed to an executor."""
+
+    run_id: str
+    task_id: str
+    node_id: str
+    dispatch_id: str
+    attempt: int
+    spec: NodeSpec
+    parameters: dict[str, Any]
+    timeout: float | None
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+_mp_encode = msgspec.msgpack.Encoder().encode
+_mp_decode = msgspec.msgpack.Decoder().decode
+
+
+def _copy(value: Any) -> Any:
+    """A deep copy of JSON-like data (fast: one msgpack round trip in C)."""
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return _mp_decode(_mp_encode(value))
+
+
+def _escape(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+class Engine:
+    """All runs of one host. Not thread-safe: call it from the event loop only."""
+
+    def __init__(
+        self,
+        *,
+        sink: Callable[[Envelope], None] | None = None,
+        now: Callable[[], datetime] = utc_now,
+        rng: random.Random | None = None,
+        event_seq: int = 0,
+    ) -> None:
+        self.runs: dict[str, Run] = {}
+        self.event_seq = event_seq
+        self._sink = sink or (lambda envelope: None)
+        self._now = now
+        self._rng = rng or random.Random()
+        self._effects: list[Effect] = []
+        self._dispatches: dict[str, Task] = {}
+        self._dispatch_seq = 0
+        self._ts: datetime = now()
+
+    # --- effects -------------------------------------------------------------------------------
+
+    def take_effects(self) -> list[Effect]:
+        effects, self._effects = self._effects, []
+        return effects
+
+    def statistics(self) -> dict[str, int]:
+        active = [r for r in self.runs.values() if not r.final]
+        return {
+            "runs": len(self.runs),
+            "runs_active": len(active),
+            "runs_queued": sum(1 for r in active if r.status == "queued"),
+            "dispatched": len(self._dispatches),
+            "events": self.event_seq,
+        }
+
+    # --- envelopes -----------------------------------------------------------------------------
+
+    def _emit(self, run: Run, type: str, data: dict[str, Any]) -> None:
+        self.event_seq += 1
+        self._sink(Envelope(
+            id=str(self.event_seq),
+            type=type,
+            occurred_at=self._ts,
+            scope=Scope(tenant=run.tenant, run_id=run.run_id, client_session_id=run.client_id),
+            data=data,
+        ))
+
+    def _emit_run_status(self, run: Run, reason: str | None = None) -> None:
+        data: dict[str, Any] = {"kind": "run.status", "runId": run.run_id, "status": run.status}
+        if run.started_at:
+            data["startedAt"] = run.started_at
+        if run.finished_at:
+            data["finishedAt"] = run.finished_at
+        if reason:
+            data["reason"] = reason
+        self._emit(run, "run.status", data)
+
+    def _emit_snapshot(self, run: Run) -> None:
+        summary = msgspec.to_builtins(run_summary(run))
+        nodes = summary.pop("nodes", None) or []
+        self._emit(run, "run.snapshot", {"kind": "run.snapshot", "run": summary, "nodes": nodes})
+
+    def _emit_node_state(self, task: Task) -> None:
+        task.updated_at = self._ts
+        state: dict[str, Any] = {"stage": task.stage or task.status, "lastUpdatedAt": self._ts}
+        if task.progress is not None:
+            state["progress"] = task.progress
+        if task.message:
+            state["message"] = task.message
+        if task.error is not None:
+            state["error"] = task.error
+        self._emit(task.run, "node.state", {
+            "kind": "node.state", "runId": task.run.run_id, "nodeId": task.node_id,
+            "taskId": task.task_id, "status": task.status, "attempt": task.attempt,
+            "state": state,
+        })
+
+    def _emit_result_snapshot(self, task: Task, complete: bool) -> None:
+        data: dict[str, Any] = {
+            "kind": "node.result.snapshot", "runId": task.run.run_id, "nodeId": task.node_id,
+            "taskId": task.task_id, "revision": task.attempt, "format": "json",
+            "content": task.result if task.result is not None else {},
+            "artifacts": task.artifacts, "complete": complete,
+        }
+        if task.error is not None:
+            data["summary"] = task.error.message
+        elif task.message:
+            data["summary"] = task.message
+        self._emit(task.run, "node.result.snapshot", data)
+
+    def _emit_delta(self, task: Task, operation: str, path: str, payload: Any,
+                    chunk_meta: dict[str, Any] | None = None, terminal: bool = False) -> None:
+        task.seq += 1
+        data: dict[str, Any] = {
+            "kind": "node.result.delta", "runId": task.run.run_id, "nodeId": task.node_id,
+            "taskId": task.task_id, "revision": task.attempt, "sequence": task.seq,
+            "operation": operation, "path": path, "terminal": terminal,
+        }
+        if payload is not None:
+            data["payload"] = payload
+        if chunk_meta is not None:
+            data["chunkMeta"] = chunk_meta
+        self._emit(task.run, "node.result.delta", data)
+
+    # --- runs ----------------------------------------------------------------------------------
+
+    def submit(
+        self,
+        workflow: Workflow,
+        graph: Graph,
+        *,
+        client_id: str,
+        definition_hash: str,
+        tenant: str = "default",
+        options: RunOptions | None = None,
+        run_id: str | None = None,
+    ) -> Run:
+        """Create a run and make its entry nodes ready."""
+        self._ts = self._now()
+        run_id = run_id or str(uuid.uuid4())
+        if run_id in self.runs:
+            raise ValueError(f"run {run_id} exists already")
+        run = Run(
+            run_id=run_id, tenant=tenant, client_id=client_id, workflow=workflow, graph=graph,
+            definition_hash=definition_hash, options=options or RunOptions(),
+            created_at=self._ts,
+        )
+        self.runs[run_id] = run
+        self._emit_run_status(run)
+        self._emit_snapshot(run)
+        self._start_frame(run.root, None)
+        return run
+
+    def cancel_run(self, run_id: str, reason: str = "cancelled by request") -> bool:
+        """Cancel every node that has not finished; False if the run is unknown or final."""
+        run = self.runs.get(run_id)
+        if run is None or run.final:
+            return False
+        self._ts = self._now()
+        run.cancel_reason = reason
+        self._abort_frame(run.root, reason)
+        self._finish_run(run)
+        return True
+
+    def _finish_run(self, run: Run) -> None:
+        if run.final:
+            return
+        run.root.closed = True
+        if run.cancel_reason is not None and run.error is None:
+            run.status = "cancelled"
+        elif run.error is not None or any(t.status != "succeeded" for t in run.root.tasks.values()):
+            run.status = "failed"
+        else:
+            run.status = "succeeded"
+        run.finished_at = self._ts
+        self._emit_run_status(run, reason=run.error.message if run.error else run.cancel_reason)
+        self._emit_snapshot(run)
+        self._effects.append(RunFinished(run))
+
+    def _mark_running(self, run: Run) -> None:
+        if run.status == "queued":
+            run.status = "running"
+            run.started_at = self._ts
+            self._emit_run_status(run)
+
+    # --- frames --------------------------------------------------------------------------------
+
+    def _start_frame(self, frame: Frame, injected: dict[str, Any] | None) -> None:
+        frame.restart()
+        for task in frame.tasks.values():
+            part = injected.get(task.node_id) if injected else None
+            if isinstance(part, dict):
+                task.parameters = merge_into(_copy(task.g.node.parameters), _copy(part))
+        for node_id in frame.graph.entry:
+            task = frame.tasks[node_id]
+            if task.phase == "waiting":
+                self._make_ready(task)
+
+    def _close_frame_if_done(self, frame: Frame) -> None:
+        if frame.open or frame.closed:
+            return
+        frame.closed = True
+        container = frame.container
+        if container is None:
+            self._finish_run(frame.run)
+            return
+        if container.child is not frame or container.phase != "container":
+            return  # the container was cancelled or timed out: the frame is history
+        if frame.failed is not None:
+            inner = frame.failed
+            err = inner.error
+            self._fail_attempt(container, ErrorInfo(
+                code=Code.SUBGRAPH,
+                message=f"node {inner.task_id} failed: {err.message if err else 'failed'}",
+                details={"taskId": inner.task_id, "code": err.code if err else Code.INTERNAL},
+            ))
+            return
+        results = {t.node_id: t.result for t in frame.tasks.values() if t.status == "succeeded"}
+        loop = container.g.loop
+        if loop is not None and container.turns < loop.max_iterations and self._loop_again(
+            loop.condition, results
+        ):
+            self._start_container(container, iterate=True)
+            return
+        self._succeed(container, results)
+
+    @staticmethod
+    def _loop_again(condition: str | None, results: dict[str, Any]) -> bool:
+        if not condition:
+            return True
+        path = parse_path(condition)
+        try:
+            return bool(get_value({"results": results, "parameters": {}}[path.root],
+                                  path.segments))
+        except MissingValue:
+            return False
+
+    def _abort_frame(self, frame: Frame, reason: str) -> None:
+        """Cancel every unfinished task of a frame (and of the frames below it)."""
+        frame.closed = True
+        for task in frame.tasks.values():
+            if task.final:
+                continue
+            if task.phase == "dispatched" and task.dispatch_id is not None:
+                self._dispatches.pop(task.dispatch_id, None)
+                self._effects.append(Cancel(task.dispatch_id))
+            elif task.phase == "container" and task.child is not None:
+                self._abort_frame(task.child, reason)
+            self._set_final(task, "cancelled", message=reason)
+
+    # --- task transitions ----------------------------------------------------------------------
+
+    def _make_ready(self, task: Task) -> None:
+        """All upstreams succeeded: bind inputs, then start a container or queue a node."""
+        if task.g.inputs:
+            try:
+                task.parameters = self._bind_inputs(task)
+            except (MissingValue, BindingPathError) as exc:
+                task.error = ErrorInfo(code=Code.BINDING, message=str(exc))
+                self._finish_failed(task, task.error)
+                return
+        if task.g.is_container:
+            self._start_container(task, iterate=False)
+        else:
+            task.phase = "ready"
+            self._effects.append(Ready(task))
+
+    def _bind_inputs(self, task: Task) -> dict[str, Any]:
+        params = _copy(task.parameters)
+        tasks = task.frame.tasks
+        for binding in task.g.inputs:
+            source = tasks[binding.source_node]
+            data = source.result if binding.source.root == "results" else source.parameters
+            try:
+                value = get_value(data or {}, binding.source.segments)
+            except MissingValue as exc:
+                raise MissingValue(
+                    exc.pointer,
+                    f"edge {binding.edge}: node {binding.source_node!r} has no value at "
+                    f"/{binding.source.root}{exc.pointer}",
+                ) from None
+            try:
+                set_value(params, binding.target.segments, _copy(value))
+            except BindingPathError as exc:
+                raise BindingPathError(f"edge {binding.edge}: {exc}") from None
+        return params
+
+    def dispatch(self, task: Task) -> Dispatch | None:
+        """Start an attempt of a ready node; None if it is no longer ready (cancelled...)."""
+        if task.phase != "ready" or task.run.final:
+            return None
+        self._ts = self._now()
+        self._dispatch_seq += 1
+        task.attempt += 1
+        task.tries += 1
+        task.dispatch_id = dispatch_id = f"{task.attempt}.{self._dispatch_seq}"
+        task.phase = "dispatched"
+        task.status = "running"
+        task.started_at = self._ts
+        task.seq = 0
+        task.progress = task.stage = task.message = None
+        task.partial = None
+        self._dispatches[dispatch_id] = task
+        self._mark_running(task.run)
+        self._emit_node_state(task)
+        timeout = task.g.timeout
+        if timeout:
+            self._effects.append(Timer(timeout, "timeout", task, task.attempt))
+        spec = task.g.spec
+        assert spec is not None
+        return Dispatch(
+            run_id=task.run.run_id, task_id=task.task_id, node_id=task.node_id,
+            dispatch_id=dispatch_id, attempt=task.attempt, spec=spec,
+            parameters=task.parameters, timeout=timeout,
+        )
+
+    def _start_container(self, task: Task, *, iterate: bool) -> None:
+        if iterate:
+            task.turns += 1
+        else:
+            task.tries += 1
+            task.turns = 1
+        task.attempt += 1
+        task.phase = "container"
+        task.status = "running"
+        task.started_at = task.started_at if iterate else self._ts
+        task.error = None
+        self._mark_running(task.run)
+        frame = task.child
+        if frame is None:
+            graph = task.g.subgraph
+            assert graph is not None
+            frame_id = f"{task.frame.frame_id}::{task.node_id}::{graph.id}"
+            frame = task.child = Frame(task.run, graph, frame_id, task)
+            task.run.frames[frame_id] = frame
+        task.message = f"iteration {task.turns}" if task.g.loop else None
+        self._emit_node_state(task)
+        if task.g.timeout and not iterate:
+            self._effects.append(Timer(task.g.timeout, "timeout", task, task.tries))
+        self._start_frame(frame, task.parameters)
+
+    def complete(self, dispatch_id: str, result: dict[str, Any]) -> bool:
+        """The attempt succeeded with `result`; False (and no change) if it is stale."""
+        task = self._dispatches.pop(dispatch_id, None)
+        if task is None or task.phase != "dispatched" or task.dispatch_id != dispatch_id:
+            return False
+        self._ts = self._now()
+        if task.partial:
+            result = {**task.partial, **result}
+        self._succeed(task, result)
+        return True
+
+    def fail(self, dispatch_id: str, error: ErrorInfo, *, retryable: bool = True) -> bool:
+        """The attempt failed; retried while attempts remain. False if it is stale."""
+        task = self._dispatches.pop(dispatch_id, None)
+        if task is None or task.phase != "dispatched" or task.dispatch_id != dispatch_id:
+            return False
+        self._ts = self._now()
+        self._fail_attempt(task, error, retryable=retryable)
+        return True
+
+    def fire_timer(self, timer: Timer) -> None:
+        """A timer set by an earlier effect ran out; stale timers change nothing."""
+        task = timer.task
+        # a container's timeout spans its loop iterations: it is fenced on tries, not attempts
+        current = task.tries if timer.kind == "timeout" and task.g.is_container else task.attempt
+        if current != timer.fence or task.final or task.run.final:
+            return
+        self._ts = self._now()
+        if timer.kind == "retry":
+            if task.phase == "backoff":
+                self._requeue(task)
+            return
+        message = f"timed out after {task.g.timeout:g} s"
+        if task.phase == "dispatched" and task.dispatch_id is not None:
+            self._dispatches.pop(task.dispatch_id, None)
+            self._effects.append(Cancel(task.dispatch_id))
+            self._fail_attempt(task, ErrorInfo(code=Code.TIMEOUT, message=message))
+        elif task.phase == "container" and task.child is not None:
+            self._abort_frame(task.child, message)
+            self._fail_attempt(task, ErrorInfo(code=Code.TIMEOUT, message=message))
+
+    def _succeed(self, task: Task, result: dict[str, Any]) -> None:
+        task.result = result
+        task.error = None
+        if task.progress is not None:
+            task.progress = 1.0
+        self._set_final(task, "succeeded")
+        self._emit_result_snapshot(task, complete=True)
+        frame = task.frame
+        tasks = frame.tasks
+        released = []
+        for down_id in task.g.downstream:
+            down = tasks[down_id]
+            if down.phase == "waiting" and task.node_id in down.pending:
+                down.pending.discard(task.node_id)  # a set: a second release is a no-op
+                if not down.pending:
+                    released.append(down)
+        iteration = frame.iteration
+        for down in released:
+            if frame.iteration != iteration or frame.closed:
+                return  # a released node failed and that closed (or restarted) the frame
+            self._make_ready(down)
+        self._close_frame_if_done(frame)
+
+    def _fail_attempt(self, task: Task, error: ErrorInfo, *, retryable: bool = True) -> None:
+        run = task.run
+        if (retryable and task.tries < task.g.max_attempts and run.cancel_reason is None
+                and not task.frame.closed):
+            task.status = "queued"
+            task.phase = "backoff"
+            task.error = error
+            task.stage = "retrying"
+            task.message = f"attempt {task.tries} failed: {error.message}"
+            self._emit_node_state(task)
+            task.error = None
+            delay = task.g.backoff * (2 ** (task.tries - 1)) * self._rng.uniform(0.5, 1.0)
+            if delay > 0:
+                self._effects.append(Timer(delay, "retry", task, task.attempt))
+            else:
+                self._requeue(task)
+            return
+        self._finish_failed(task, error)
+
+    def _requeue(self, task: Task) -> None:
+        """Start the next try of a node whose backoff is over."""
+        if task.g.is_container:
+            self._start_container(task, iterate=False)
+        else:
+            task.phase = "ready"
+            self._effects.append(Ready(task))
+
+    def _finish_failed(self, task: Task, error: ErrorInfo) -> None:
+        run = task.run
+        task.error = error
+        self._set_final(task, "failed")
+        self._emit_result_snapshot(task, complete=True)
+        frame = task.frame
+        if frame.failed is None:
+            frame.failed = task
+        if run.error is None and (task.g.spec is not None or error.code != Code.SUBGRAPH):
+            # the first leaf failure explains the run; container errors only wrap it
+            run.error = ErrorInfo(code=error.code, message=f"node {task.task_id} failed: "
+                                  f"{error.message}", details={"taskId": task.task_id})
+        self._skip_downstream(task)
+        if run.options.fail_fast and not run.final:
+            if run.error is None:
+                run.error = ErrorInfo(code=error.code, message=f"node {task.task_id} failed: "
+                                      f"{error.message}", details={"taskId": task.task_id})
+            self._abort_frame(run.root, f"failFast: node {task.task_id} failed")
+            self._finish_run(run)
+            return
+        self._close_frame_if_done(frame)
+
+    def _skip_downstream(self, failed: Task) -> None:
+        tasks = failed.frame.tasks
+        todo = list(failed.g.downstream)
+        while todo:
+            down = tasks[todo.pop()]
+            if down.final:
+                continue
+            self._set_final(down, "skipped", message=f"upstream {failed.node_id!r} "
+                            f"{failed.status}")
+            todo.extend(down.g.downstream)
+
+    def _set_final(self, task: Task, status: str, message: str | None = None) -> None:
+        task.status = status
+        task.phase = "done"
+        task.finished_at = self._ts
+        task.stage = None
+        if message is not None:
+            task.message = message
+        task.frame.open -= 1
+        self._emit_node_state(task)
+
+    # --- reports from a running attempt (all fenced on the dispatch id) --------------------------
+
+    def _current(self, dispatch_id: str) -> Task | None:
+        task = self._dispatches.get(dispatch_id)
+        if task is None or task.phase != "dispatched":
+            return None
+        self._ts = self._now()
+        return task
+
+    def report_progress(self, dispatch_id: str, fraction: float | None, stage: str | None,
+                        message: str | None) -> bool:
+        task = self._current(dispatch_id)
+        if task is None:
+            return False
+        if fraction is not None:
+            task.progress = fraction
+        if stage is not None:
+            task.stage = stage
+        if message is not None:
+            task.message = message
+        self._emit_node_state(task)
+        return True
+
+    def report_chunk(self, dispatch_id: str, channel: str, text: str | None, data: bytes | None,
+                     mime_type: str | None, terminal: bool,
+                     metadata: dict[str, Any] | None) -> bool:
+        task = self._current(dispatch_id)
+        if task is None:
+            return False
+        payload: dict[str, Any] = {}
+        if text is not None:
+            payload["text"] = text
+        if data is not None:
+            payload["data"] = msgspec.to_builtins(data)  # base64, as the seed's data_base64
+        if mime_type is not None:
+            payload["mimeType"] = mime_type
+        meta: dict[str, Any] = {"channel": channel}
+        if metadata:
+            meta["metadata"] = metadata
+        self._emit_delta(task, "append", f"/channels/{_escape(channel)}", payload, meta, terminal)
+        return True
+
+    def report_partial(self, dispatch_id: str, update: dict[str, Any]) -> bool:
+        task = self._current(dispatch_id)
+        if task is None:
+            return False
+        if task.partial is None:
+            task.partial = {}
+        for key, value in update.items():
+            task.partial[key] = value
+            self._emit_delta(task, "replace", f"/{_escape(key)}", {"value": value})
+        return True
+
+    def report_metric(self, dispatch_id: str, name: str, value: float) -> bool:
+        task = self._current(dispatch_id)
+        if task is None:
+            return False
+        task.metrics[name] = value
+        return True
+
+    def report_artifact(self, dispatch_id: str, artifact: dict[str, Any]) -> bool:
+        task = self._current(dispatch_id)
+        if task is None:
+            return False
+        task.artifacts.append(artifact)
+        return True
+

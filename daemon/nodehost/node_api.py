@@ -1,0 +1,301 @@
+"""What a node package author writes against: `Package`, `node`, `Context` (tier 2).
+
+A node function takes `(ctx, params)` and returns its results. `params` is a msgspec Struct
+or a plain dict, chosen by the annotation; the result may be a Struct, a dict or None. Both
+types are validated by msgspec and published as JSON Schema.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import re
+import typing
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import msgspec
+
+from .errors import NodeError
+
+__all__ = ["Context", "NodeSpec", "Package", "Reporter"]
+
+_NAME = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*$")
+
+
+class Reporter(Protocol):
+    """Where a Context sends what the node reports (the host implements it)."""
+
+    def progress(self, fraction: float | None, stage: str | None, message: str | None) -> None: ...
+    def chunk(self, channel: str, text: str | None, data: bytes | None, mime_type: str | None,
+              terminal: bool, metadata: dict[str, Any] | None) -> None: ...
+    def partial(self, update: dict[str, Any]) -> None: ...
+    def metric(self, name: str, value: float) -> None: ...
+    def artifact(self, artifact: dict[str, Any]) -> None: ...
+
+
+class _Checkpoint:
+    """Returned by reporting calls: awaiting it is optional and yields to the event loop."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        import anyio.lowlevel
+
+        return anyio.lowlevel.checkpoint().__await__()
+
+
+_CHECKPOINT = _Checkpoint()
+
+
+class Context:
+    """Handed to every node call: who it is, and how it reports back to the host.
+
+    Reporting methods record at once; `await ctx.progress(...)` additionally lets other tasks
+    run, so a long async loop that reports progress stays responsive to cancellation. In a
+    sync node (run in a worker thread) call them without `await`.
+    """
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        node_id: str,
+        task_id: str,
+        attempt: int,
+        spec: NodeSpec,
+        reporter: Reporter,
+        is_cancelled: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.run_id = run_id
+        self.node_id = node_id
+        self.task_id = task_id
+        self.attempt = attempt
+        self.package = spec.package
+        self.version = spec.version
+        self.node_type = spec.type
+        self._reporter = reporter
+        self._is_cancelled = is_cancelled
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the host asked this attempt to stop (cancel, timeout, failFast)."""
+        return self._is_cancelled()
+
+    def raise_if_cancelled(self) -> None:
+        """Raise NodeError(E.RUNNER.CANCELLED) if the host asked this attempt to stop."""
+        if self._is_cancelled():
+            raise NodeError("E.RUNNER.CANCELLED", "the node was cancelled")
+
+    def progress(
+        self, fraction: float | None = None, message: str | None = None, *, stage: str | None = None
+    ) -> _Checkpoint:
+        """Report progress in 0..1 (clamped), with an optional message and stage name."""
+        if fraction is not None:
+            fraction = float(fraction)
+            if not math.isfinite(fraction):
+                raise ValueError(f"progress must be a finite number, got {fraction!r}")
+            fraction = min(1.0, max(0.0, fraction))
+        self._reporter.progress(fraction, stage, message)
+        return _CHECKPOINT
+
+    def log(
+        self,
+        content: str | bytes,
+        *,
+        channel: str = "log",
+        mime_type: str | None = None,
+        terminal: bool = False,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        """Stream a chunk of text or bytes on a channel (log, stdout, stderr, llm, ...)."""
+        if isinstance(content, bytes | bytearray | memoryview):
+            self._reporter.chunk(channel, None, bytes(content), mime_type or
+                                 "application/octet-stream", terminal, metadata)
+        else:
+            self._reporter.chunk(channel, str(content), None, mime_type, terminal, metadata)
+
+    def partial(self, update: dict[str, Any]) -> _Checkpoint:
+        """Publish part of the results now; each top-level key replaces the previous value."""
+        if not isinstance(update, dict):
+            raise TypeError(f"partial() takes a dict of result keys, got {type(update).__name__}")
+        self._reporter.partial(msgspec.to_builtins(update))
+        return _CHECKPOINT
+
+    def metric(self, name: str, value: float) -> None:
+        """Record a numeric metric (the last value per name is kept)."""
+        self._reporter.metric(str(name), float(value))
+
+    def artifact(
+        self,
+        resource_id: str,
+        type: str,
+        *,
+        size_bytes: int | None = None,
+        inline: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        """Record an artifact (a file, an image...) produced by this node."""
+        artifact: dict[str, Any] = {"resourceId": resource_id, "type": type}
+        if size_bytes is not None:
+            artifact["sizeBytes"] = int(size_bytes)
+        if inline is not None:
+            artifact["inline"] = inline
+        if metadata:
+            artifact["metadata"] = metadata
+        self._reporter.artifact(artifact)
+
+
+NodeFunction = Callable[[Context, Any], Any]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class NodeSpec:
+    """One node type of one package version, as registered by its author."""
+
+    package: str
+    version: str
+    type: str
+    fn: NodeFunction
+    params_type: type | None
+    result_type: type | None
+    timeout: float | None = None
+    retry: int = 1
+    backoff: float = 0.0
+    idempotent: bool = False
+    description: str = ""
+    _schemas: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.fn)
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.package, self.version, self.type)
+
+    def parameters_schema(self) -> dict[str, Any]:
+        """JSON Schema of the parameters (any object when the node takes a dict)."""
+        return self._schema("parameters", self.params_type)
+
+    def results_schema(self) -> dict[str, Any]:
+        """JSON Schema of the results (any object when the node returns a dict)."""
+        return self._schema("results", self.result_type)
+
+    def _schema(self, which: str, tp: type | None) -> dict[str, Any]:
+        if which not in self._schemas:
+            self._schemas[which] = (
+                msgspec.json.schema(tp) if tp is not None else {"type": "object"}
+            )
+        return self._schemas[which]
+
+    def decode_params(self, params: dict[str, Any]) -> Any:
+        """Parameters as the function wants them; msgspec.ValidationError if they do not fit."""
+        if self.params_type is None:
+            return params
+        return msgspec.convert(params, self.params_type, strict=False)
+
+    def encode_result(self, value: Any) -> dict[str, Any]:
+        """The function's return value as the node's results (a dict)."""
+        if value is None:
+            return {}
+        if self.result_type is not None:
+            value = msgspec.convert(msgspec.to_builtins(value), self.result_type, strict=False)
+        value = msgspec.to_builtins(value)
+        if not isinstance(value, dict):
+            return {"value": value}
+        return value
+
+
+class Package:
+    """A node package: a name, a version and the node types it provides.
+
+    >>> package = Package("acme.vision", "1.2.0")
+    >>> @package.node("acme.vision.detect", timeout=30)
+    ... async def detect(ctx, params: dict) -> dict:
+    ...     return {"boxes": []}
+    """
+
+    def __init__(self, name: str, version: str, *, description: str = "") -> None:
+        if not _NAME.match(name):
+            raise ValueError(
+                f"package name {name!r} must be lowercase words joined by '.', '_' or '-'"
+            )
+        if not version or any(c.isspace() for c in version):
+            raise ValueError(f"package {name!r}: version {version!r} must be a non-empty token")
+        self.name = name
+        self.version = version
+        self.description = description
+        self.nodes: dict[str, NodeSpec] = {}
+
+    def __repr__(self) -> str:
+        return f"Package({self.name!r}, {self.version!r}, nodes={sorted(self.nodes)})"
+
+    def node(
+        self,
+        type: str,
+        *,
+        timeout: float | None = None,
+        retry: int = 1,
+        backoff: float = 0.0,
+        idempotent: bool = False,
+        description: str | None = None,
+    ) -> Callable[[NodeFunction], NodeFunction]:
+        """Register the decorated function as node type `type` of this package.
+
+        `retry` is the number of attempts (1 = no retry); `idempotent` says the node may be
+        run again after a host restart interrupted it.
+        """
+        if type in self.nodes:
+            raise ValueError(f"package {self.name} {self.version}: node type {type!r} twice")
+        if retry < 1:
+            raise ValueError(f"node {type!r}: retry is a number of attempts, at least 1")
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"node {type!r}: timeout must be > 0 seconds")
+
+        def decorator(fn: NodeFunction) -> NodeFunction:
+            params_type, result_type = _signature_types(type, fn)
+            self.nodes[type] = NodeSpec(
+                package=self.name,
+                version=self.version,
+                type=type,
+                fn=fn,
+                params_type=params_type,
+                result_type=result_type,
+                timeout=timeout,
+                retry=retry,
+                backoff=backoff,
+                idempotent=idempotent,
+                description=description if description is not None else _first_line(fn),
+            )
+            return fn
+
+        return decorator
+
+
+def _first_line(fn: Callable[..., Any]) -> str:
+    doc = inspect.getdoc(fn) or ""
+    return doc.splitlines()[0] if doc else ""
+
+
+def _signature_types(node_type: str, fn: Callable[..., Any]) -> tuple[type | None, type | None]:
+    sig = inspect.signature(fn)
+    if len(sig.parameters) != 2:
+        raise TypeError(f"node {node_type!r}: the function must take (ctx, params)")
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception as exc:  # an annotation that cannot be resolved
+        raise TypeError(f"node {node_type!r}: cannot resolve annotations: {exc}") from exc
+    params_name = list(sig.parameters)[1]
+    return _struct_or_none(hints.get(params_name)), _struct_or_none(hints.get("return"))
+
+
+def _struct_or_none(tp: Any) -> type | None:
+    """A Struct (or other msgspec-typed) annotation, or None for dict/Any/absent."""
+    if tp is None or tp is Any or tp is type(None):
+        return None
+    origin = typing.get_origin(tp) or tp
+    if origin is dict:
+        return None
+    return tp

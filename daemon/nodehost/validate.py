@@ -1,0 +1,463 @@
+"""Decode and check workflow documents; compile them into `Graph`s (tier 1: no I/O).
+
+Every problem found is reported at once, each with the JSON path of what is wrong
+(`$.subgraphs[0].definition.edges[3].target.port`), in a `WorkflowInvalid`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import msgspec
+
+from .bindings import BindingPath, BindingPathError, ScopeRef, parse_path, scope_from_parts
+from .errors import Issue, WorkflowInvalid
+from .graph import DataBinding, Graph, GraphNode
+from .model import Binding, Node, Port, StartRunRequest, Workflow
+from .node_api import NodeSpec
+
+__all__ = [
+    "Limits",
+    "compile_workflow",
+    "decode_document",
+    "definition_hash",
+    "load_request",
+    "load_workflow",
+]
+
+
+class SpecSource(Protocol):
+    """What validation needs to know about installed node packages (a `plugins.Catalog`)."""
+
+    def get(self, package: str, version: str, type: str) -> NodeSpec | None: ...
+    def versions(self, package: str) -> list[str]: ...
+    def types(self, package: str, version: str) -> list[str]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_document_bytes: int = 16 * 1024 * 1024
+    max_nodes: int = 200_000  # all nodes at every depth, counted once per container use
+    max_depth: int = 16  # container nesting
+
+
+_MSGSPEC_PATH = re.compile(r" - at `(\$[^`]*)`$")
+
+
+def decode_document(data: bytes | str | dict[str, Any], what: type, limits: Limits) -> Any:
+    """JSON (or an already parsed dict) into a Struct; problems become a WorkflowInvalid."""
+    if isinstance(data, str):
+        data = data.encode()
+    if isinstance(data, bytes):
+        if len(data) > limits.max_document_bytes:
+            raise WorkflowInvalid([Issue("$", f"document is {len(data)} bytes, over the limit "
+                                               f"of {limits.max_document_bytes}")])
+        try:
+            data = msgspec.json.decode(data)
+        except msgspec.DecodeError as exc:
+            raise WorkflowInvalid([Issue("$", f"not valid JSON: {exc}")]) from None
+    try:
+        return msgspec.convert(data, what, strict=True)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        m = _MSGSPEC_PATH.search(text)
+        path, message = (m.group(1), text[: m.start()]) if m else ("$", text)
+        raise WorkflowInvalid([Issue(path, message)]) from None
+
+
+def load_request(data: bytes | str | dict[str, Any], limits: Limits = Limits()) -> StartRunRequest:
+    """Decode a StartRunRequest `{workflow, clientId, options?}`."""
+    return decode_document(data, StartRunRequest, limits)
+
+
+def load_workflow(data: bytes | str | dict[str, Any], limits: Limits = Limits()) -> Workflow:
+    """Decode a bare Workflow document."""
+    return decode_document(data, Workflow, limits)
+
+
+def definition_hash(workflow: Workflow) -> str:
+    """sha256 of the canonical JSON of the workflow (sorted keys, compact)."""
+    body = msgspec.json.encode(msgspec.to_builtins(workflow), order="sorted")
+    return hashlib.sha256(body).hexdigest()
+
+
+def compile_workflow(
+    workflow: Workflow, catalog: SpecSource, limits: Limits = Limits()
+) -> Graph:
+    """Check everything DESIGN.md lists and build the graph; raise WorkflowInvalid if not ok."""
+    compiler = _Compiler(workflow, catalog, limits)
+    graph = compiler.run()
+    if compiler.issues:
+        raise WorkflowInvalid(compiler.issues)
+    return graph
+
+
+class _Compiler:
+    def __init__(self, workflow: Workflow, catalog: SpecSource, limits: Limits) -> None:
+        self.root = workflow
+        self.catalog = catalog
+        self.limits = limits
+        self.issues: list[Issue] = []
+        self.subgraphs: dict[str, tuple[Workflow, str]] = {}  # id -> (definition, its path)
+        self.graphs: dict[str, Graph] = {}  # compiled subgraphs, by id
+        self.compiling: list[str] = []  # subgraph ids on the current path (cycle guard)
+        self.total_nodes = 0
+
+    def issue(self, path: str, message: str) -> None:
+        self.issues.append(Issue(path, message))
+
+    def run(self) -> Graph:
+        self._collect_subgraphs(self.root, "$")
+        graph = self._graph(self.root, "$", self.root.id, injectable=frozenset())
+        if self.total_nodes > self.limits.max_nodes:
+            self.issue("$", f"the workflow expands to {self.total_nodes} nodes, over the limit "
+                            f"of {self.limits.max_nodes}")
+        return graph
+
+    def _collect_subgraphs(self, wf: Workflow, path: str) -> None:
+        for i, sub in enumerate(wf.subgraphs):
+            sub_path = f"{path}.subgraphs[{i}]"
+            if sub.id in self.subgraphs:
+                self.issue(f"{sub_path}.id", f"duplicate subgraph id {sub.id!r} (first at "
+                                             f"{self.subgraphs[sub.id][1]})")
+                continue
+            self.subgraphs[sub.id] = (sub.definition, sub_path)
+            self._collect_subgraphs(sub.definition, f"{sub_path}.definition")
+
+    # --- one graph level -------------------------------------------------------------------
+
+    def _graph(
+        self, wf: Workflow, path: str, graph_id: str, injectable: frozenset[str]
+    ) -> Graph:
+        graph = Graph(id=graph_id)
+        index: dict[str, int] = {}
+        for i, node in enumerate(wf.nodes):
+            if node.id in index:
+                self.issue(f"{path}.nodes[{i}].id",
+                           f"duplicate node id {node.id!r} (first at {path}.nodes[{index[node.id]}])")
+                continue
+            index[node.id] = i
+            gnode = self._node(node, f"{path}.nodes[{i}]")
+            if gnode is not None:
+                graph.nodes[node.id] = gnode
+        self.total_nodes += len(wf.nodes)
+
+        upstream: dict[str, list[str]] = {nid: [] for nid in index}
+        inputs: dict[str, list[DataBinding]] = {nid: [] for nid in index}
+        for j, edge in enumerate(wf.edges):
+            epath = f"{path}.edges[{j}]"
+            ok = True
+            for end_name, end in (("source", edge.source), ("target", edge.target)):
+                if end.node not in index:
+                    self.issue(f"{epath}.{end_name}.node", f"unknown node {end.node!r}")
+                    ok = False
+            if not ok:
+                continue
+            src = wf.nodes[index[edge.source.node]]
+            dst = wf.nodes[index[edge.target.node]]
+            src_port = self._port(src, edge.source.port, "output", f"{epath}.source.port")
+            dst_port = self._port(dst, edge.target.port, "input", f"{epath}.target.port")
+            if edge.source.node not in upstream[edge.target.node]:
+                upstream[edge.target.node].append(edge.source.node)
+            if src_port is None or dst_port is None:
+                continue
+            if src_port.binding is None or dst_port.binding is None:
+                continue  # a dependency only: no data flows
+            binding = self._edge_binding(wf, index, edge.id or f"edges[{j}]", src, src_port,
+                                         dst, dst_port, epath)
+            if binding is not None:
+                inputs[edge.target.node].append(binding)
+                if binding.source_node not in upstream[edge.target.node]:
+                    upstream[edge.target.node].append(binding.source_node)
+
+        self._check_cycles(upstream, wf, index, path)
+        downstream: dict[str, list[str]] = {nid: [] for nid in index}
+        for nid, ups in upstream.items():
+            for up in ups:
+                downstream[up].append(nid)
+        for nid, gnode in graph.nodes.items():
+            gnode.upstream = tuple(upstream[nid])
+            gnode.downstream = tuple(downstream[nid])
+            gnode.inputs = tuple(inputs[nid])
+            if gnode.spec is not None and not gnode.is_container:
+                targets = {b.target for b in gnode.inputs}
+                self._check_parameters(gnode, targets, f"{path}.nodes[{index[nid]}].parameters",
+                                       injected=nid in injectable)
+        graph.entry = tuple(nid for nid in graph.nodes if not upstream[nid])
+        return graph
+
+    def _port(self, node: Node, key: str | None, kind: str, path: str) -> Port | None:
+        if key is None:
+            return None
+        ports = (node.ui.output_ports if kind == "output" else node.ui.input_ports) if node.ui else []
+        for port in ports:
+            if port.key == key:
+                return port
+        known = sorted(p.key for p in ports)
+        self.issue(path, f"node {node.id!r} has no {kind} port {key!r}"
+                         + (f" (it has {known})" if known else " (it declares none)"))
+        return None
+
+    # --- nodes -----------------------------------------------------------------------------
+
+    def _node(self, node: Node, path: str) -> GraphNode | None:
+        if node.is_container:
+            return self._container(node, path)
+        if node.container_config is not None:
+            self.issue(f"{path}.containerConfig",
+                       f"only {'workflow.container'!r} nodes take a containerConfig")
+        if node.package is None:
+            self.issue(f"{path}.package", f"node {node.id!r} needs a package {{name, version}}")
+            return None
+        name, version = node.package.name, node.package.version
+        spec = self.catalog.get(name, version, node.type)
+        if spec is None:
+            versions = self.catalog.versions(name)
+            if not versions:
+                self.issue(f"{path}.package.name", f"no installed plugin provides package {name!r}")
+            elif version not in versions:
+                self.issue(f"{path}.package.version",
+                           f"package {name!r} has no version {version!r}; installed: {versions}")
+            else:
+                self.issue(f"{path}.type", f"package {name}=={version} has no node type "
+                                           f"{node.type!r}; it provides {self.catalog.types(name, version)}")
+            return None
+        retry = node.retry
+        gnode = GraphNode(
+            id=node.id, node=node, spec=spec,
+            max_attempts=retry.max_attempts if retry else spec.retry,
+            backoff=retry.backoff_seconds if retry else spec.backoff,
+            timeout=node.timeout_seconds or spec.timeout,
+            idempotent=spec.idempotent,
+            concurrency_key=node.concurrency_key,
+        )
+        return gnode
+
+    def _container(self, node: Node, path: str) -> GraphNode | None:
+        cfg = node.container_config
+        if cfg is None:
+            self.issue(f"{path}.containerConfig", "a workflow.container node needs a "
+                                                  "containerConfig with a subgraphId")
+            return None
+        if cfg.subgraph_id not in self.subgraphs:
+            self.issue(f"{path}.containerConfig.subgraphId",
+                       f"subgraph {cfg.subgraph_id!r} is not defined"
+                       + (f" (defined: {sorted(self.subgraphs)})" if self.subgraphs else ""))
+            return None
+        if cfg.subgraph_id in self.compiling:
+            chain = " -> ".join([*self.compiling, cfg.subgraph_id])
+            self.issue(f"{path}.containerConfig.subgraphId", f"subgraph cycle: {chain}")
+            return None
+        if len(self.compiling) >= self.limits.max_depth:
+            self.issue(path, f"containers nested deeper than {self.limits.max_depth} levels")
+            return None
+        if cfg.loop is not None and cfg.loop.enabled and cfg.loop.condition:
+            try:
+                parse_path(cfg.loop.condition)
+            except BindingPathError as exc:
+                self.issue(f"{path}.containerConfig.loop.condition", str(exc))
+        definition, sub_path = self.subgraphs[cfg.subgraph_id]
+        inner_ids = {n.id for n in definition.nodes}
+        for key in node.parameters:
+            if key not in inner_ids:
+                self.issue(f"{path}.parameters.{key}",
+                           f"container parameters are keyed by node id of subgraph "
+                           f"{cfg.subgraph_id!r}; it has no node {key!r}")
+        injectable = frozenset(node.parameters) | frozenset(
+            seg for port in (node.ui.input_ports if node.ui else [])
+            for seg in self._container_targets(port)
+        )
+        # Subgraphs are compiled per container use: what a container injects differs.
+        self.compiling.append(cfg.subgraph_id)
+        try:
+            sub = self._graph(definition, f"{sub_path}.definition", cfg.subgraph_id, injectable)
+        finally:
+            self.compiling.pop()
+        retry = cfg.retry
+        return GraphNode(
+            id=node.id, node=node, spec=None, subgraph=sub,
+            max_attempts=retry.max_attempts if retry else 1,
+            backoff=retry.backoff_seconds if retry else 0.0,
+            timeout=cfg.timeout_seconds,
+            loop=cfg.loop if cfg.loop is not None and cfg.loop.enabled else None,
+        )
+
+    def _container_targets(self, port: Port) -> Iterable[str]:
+        if port.binding is None:
+            return ()
+        try:
+            path = parse_path(port.binding.path)
+            scope = _scope(port.binding)
+        except BindingPathError:
+            return ()
+        if scope is not None and scope.node_id:
+            return (scope.node_id,)
+        return (str(path.segments[0]),) if path.segments else ()
+
+    def _check_parameters(
+        self, gnode: GraphNode, targets: set[BindingPath], path: str, injected: bool
+    ) -> None:
+        """Check the static parameters against the node's type, leaving out bound fields.
+
+        Required fields are checked only when nothing else can supply them: no edge binds
+        them and no container injects parameters into the node.
+        """
+        spec = gnode.spec
+        assert spec is not None
+        tp = spec.params_type
+        params = gnode.node.parameters
+        if tp is None or not isinstance(tp, type) or not issubclass(tp, msgspec.Struct):
+            return
+        bound = {str(t.segments[0]) for t in targets if t.segments}
+        whole = any(not t.segments for t in targets)
+        fields = {f.encode_name: f for f in msgspec.structs.fields(tp)}
+        forbid = getattr(tp.__struct_config__, "forbid_unknown_fields", False)
+        for key, value in params.items():
+            field = fields.get(key)
+            if field is None:
+                if forbid:
+                    self.issue(f"{path}.{key}", f"node type {spec.type!r} has no parameter "
+                                                f"{key!r} (it takes {sorted(fields)})")
+                continue
+            try:
+                msgspec.convert(value, field.type, strict=False)
+            except msgspec.ValidationError as exc:
+                self.issue(f"{path}.{key}", _relocate(str(exc), f"{path}.{key}"))
+        if whole or injected:
+            return
+        for name, field in fields.items():
+            if field.required and name not in params and name not in bound:
+                self.issue(path, f"node type {spec.type!r} requires parameter {name!r} "
+                                 "(set it, or bind it from an edge)")
+
+    # --- edges and bindings ------------------------------------------------------------------
+
+    def _edge_binding(
+        self, wf: Workflow, index: dict[str, int], label: str,
+        src: Node, src_port: Port, dst: Node, dst_port: Port, epath: str,
+    ) -> DataBinding | None:
+        assert src_port.binding is not None and dst_port.binding is not None
+        try:
+            source = parse_path(src_port.binding.path)
+            src_scope = _scope(src_port.binding)
+        except BindingPathError as exc:
+            self.issue(f"{epath}.source.port", f"port {src_port.key!r} of {src.id!r}: {exc}")
+            return None
+        try:
+            target = parse_path(dst_port.binding.path)
+            dst_scope = _scope(dst_port.binding)
+        except BindingPathError as exc:
+            self.issue(f"{epath}.target.port", f"port {dst_port.key!r} of {dst.id!r}: {exc}")
+            return None
+        if target.root != "parameters":
+            self.issue(f"{epath}.target.port", f"input port {dst_port.key!r} of {dst.id!r} "
+                                               f"binds {target}, but inputs write parameters")
+            return None
+        source_node = src.id
+        if src_scope is not None:
+            resolved = self._resolve_scope(src_scope, src, wf, index, f"{epath}.source.port")
+            if resolved is None:
+                return None
+            source_node, prefix = resolved
+            source = BindingPath(source.root if not prefix else "results",
+                                 (*prefix, *source.segments))
+        if dst_scope is not None:
+            resolved = self._resolve_scope(dst_scope, dst, wf, index, f"{epath}.target.port")
+            if resolved is None:
+                return None
+            node_id, prefix = resolved
+            if node_id != dst.id:
+                self.issue(f"{epath}.target.port",
+                           f"input port {dst_port.key!r} of {dst.id!r} is scoped to node "
+                           f"{node_id!r}; an input can only write into its own node")
+                return None
+            target = BindingPath("parameters", (*prefix, *target.segments))
+        return DataBinding(edge=label, source_node=source_node, source=source, target=target)
+
+    def _resolve_scope(
+        self, scope: ScopeRef, owner: Node, wf: Workflow, index: dict[str, int], path: str
+    ) -> tuple[str, tuple[str, ...]] | None:
+        """(node in this graph to read from or write to, path prefix inside its data)."""
+        if scope.kind == "local":
+            if scope.node_id not in index:
+                self.issue(path, f"scope '#{scope.node_id}' names no node of this graph")
+                return None
+            return scope.node_id, ()
+        # subgraph scope: the owner must be a container whose subgraph starts the alias chain
+        cfg = owner.container_config
+        if not owner.is_container or cfg is None or cfg.subgraph_id != scope.aliases[0]:
+            self.issue(path, f"scope '@{'.'.join(scope.aliases)}' must be on a port of the "
+                             f"container that runs subgraph {scope.aliases[0]!r}")
+            return None
+        prefix: list[str] = []
+        current = scope.aliases[0]
+        for alias in scope.aliases[1:]:
+            definition = self.subgraphs.get(current, (None, ""))[0]
+            holders = [n.id for n in definition.nodes if n.is_container and n.container_config
+                       and n.container_config.subgraph_id == alias] if definition else []
+            if len(holders) != 1:
+                self.issue(path, f"alias {alias!r} must be run by exactly one container of "
+                                 f"subgraph {current!r} (found {holders})")
+                return None
+            prefix.append(holders[0])
+            current = alias
+        definition = self.subgraphs.get(current, (None, ""))[0]
+        if scope.node_id is not None:
+            if definition is None or scope.node_id not in {n.id for n in definition.nodes}:
+                self.issue(path, f"subgraph {current!r} has no node {scope.node_id!r}")
+                return None
+            prefix.append(scope.node_id)
+        return owner.id, tuple(prefix)
+
+    def _check_cycles(
+        self, upstream: dict[str, list[str]], wf: Workflow, index: dict[str, int], path: str
+    ) -> None:
+        indegree = {nid: len(ups) for nid, ups in upstream.items()}
+        downstream: dict[str, list[str]] = {nid: [] for nid in upstream}
+        for nid, ups in upstream.items():
+            for up in ups:
+                downstream[up].append(nid)
+        ready = [nid for nid, d in indegree.items() if d == 0]
+        seen = 0
+        while ready:
+            nid = ready.pop()
+            seen += 1
+            for down in downstream[nid]:
+                indegree[down] -= 1
+                if indegree[down] == 0:
+                    ready.append(down)
+        if seen == len(upstream):
+            return
+        stuck = {nid for nid, d in indegree.items() if d > 0}
+        cycle = _find_cycle(stuck, upstream)
+        self.issue(f"{path}.edges", "cycle: " + " -> ".join(cycle))
+
+
+def _find_cycle(stuck: set[str], upstream: dict[str, list[str]]) -> list[str]:
+    """One cycle among the nodes left over by Kahn's algorithm, as a closed walk."""
+    start = min(stuck)
+    walk, pos = [start], {start: 0}
+    node = start
+    while True:
+        node = min(up for up in upstream[node] if up in stuck)
+        if node in pos:
+            cycle = walk[pos[node]:] + [node]
+            return list(reversed(cycle))
+        pos[node] = len(walk)
+        walk.append(node)
+
+
+def _scope(binding: Binding) -> ScopeRef | None:
+    s = binding.scope
+    if s is None:
+        return scope_from_parts(binding.prefix, None, None, None)
+    return scope_from_parts(s.prefix or binding.prefix, s.kind, s.subgraph_aliases, s.node_id)
+
+
+def _relocate(message: str, path: str) -> str:
+    """msgspec says `- at `$...``; the issue already carries the path, so keep the reason."""
+    return _MSGSPEC_PATH.sub("", message).replace(" - at `$`", "")
