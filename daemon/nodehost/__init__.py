@@ -1,0 +1,21 @@
+"""nodehost: a single-machine workflow daemon whose nodes come from pluggy plugins.
+
+This module is the public API for node package authors; everything else is internal.
+
+    from nodehost import Package, Context, NodeError
+
+    package = Package("acme.vision", "1.2.0")
+
+    @package.node("acme.vision.detect", timeout=30)
+    async def detect(ctx: Context, params: DetectParams) -> DetectResult: ...
+"""
+
+from __future__ import annotations
+
+from .errors import NodeError
+from .hookspecs import hookimpl
+from .node_api import Context, Package
+
+__all__ = ["Context", "NodeError", "Package", "hookimpl"]
+
+__version__ = "0.1.0"
