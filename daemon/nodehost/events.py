@@ -72,6 +72,22 @@ class Subscription:
     def close(self) -> None:
         self._send.close()
 
+    def drain(self) -> list[Envelope]:
+        """Everything delivered so far, without waiting."""
+        out = []
+        while True:
+            try:
+                out.append(self.receive.receive_nowait())
+            except (anyio.WouldBlock, anyio.EndOfStream):
+                return out
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._send.close()
+        self.receive.close()
+
 
 class EventBus:
     """Fan-out of envelopes to subscribers, with a replay buffer of the most recent ones."""

@@ -1,0 +1,377 @@
+"""The scheduler: turns engine effects into running attempts, timers and cancellations (tier 4).
+
+The engine decides *what* happens; the scheduler decides *when*. It keeps the ready queue
+(fair between tenants, then between runs), enforces the limits (global parallelism, per
+package, one node at a time per `concurrencyKey`), runs attempts through executors inside
+cancel scopes, and fires the timers the engine asked for (retry backoff, timeouts).
+
+Everything that changes engine state goes through `_step()`, a plain synchronous call that
+drains the engine's effects and starts whatever may start now, so a finished node releases
+its dependents without a trip through another task.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import traceback
+from collections import OrderedDict, defaultdict, deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+
+from .engine import Cancel, Dispatch, Engine, Ready, RunFinished, Timer
+from .errors import Code, NodeError
+from .executors import AttemptFailed, Executor
+from .executors.inprocess import InProcessExecutor
+from .model import ErrorInfo
+
+if TYPE_CHECKING:
+    from .graph import Graph
+    from .model import RunOptions, Workflow
+    from .node_api import NodeSpec
+    from .runstate import Run, Task
+
+__all__ = ["Scheduler", "SchedulerLimits"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerLimits:
+    """How many attempts may run at once: in all, per package (by name), per package default."""
+
+    parallelism: int = 32
+    per_package: Mapping[str, int] = field(default_factory=dict)
+    default_per_package: int | None = None
+
+    def for_package(self, name: str) -> int | None:
+        return self.per_package.get(name, self.default_per_package)
+
+
+class _ReadyQueue:
+    """Ready tasks, served round-robin between tenants and, within a tenant, between runs."""
+
+    def __init__(self) -> None:
+        self._tenants: OrderedDict[str, OrderedDict[str, deque[Task]]] = OrderedDict()
+        self._len = 0
+
+    def __len__(self) -> int:
+        return self._len
+
+    def push(self, task: Task, *, front: bool = False) -> None:
+        run = task.run
+        runs = self._tenants.get(run.tenant)
+        if runs is None:
+            runs = self._tenants[run.tenant] = OrderedDict()
+        queue = runs.get(run.run_id)
+        if queue is None:
+            queue = runs[run.run_id] = deque()
+        if front:
+            queue.appendleft(task)
+        else:
+            queue.append(task)
+        self._len += 1
+
+    def pop(self) -> Task | None:
+        if not self._len:
+            return None
+        tenant, runs = next(iter(self._tenants.items()))
+        run_id, queue = next(iter(runs.items()))
+        task = queue.popleft()
+        self._len -= 1
+        if queue:
+            runs.move_to_end(run_id)
+        else:
+            del runs[run_id]
+        if runs:
+            self._tenants.move_to_end(tenant)
+        else:
+            del self._tenants[tenant]
+        return task
+
+
+class _Attempt:
+    """One running attempt: its cancel scope, and whether the host asked it to stop."""
+
+    __slots__ = ("cancelled", "dispatch", "scope")
+
+    def __init__(self, dispatch: Dispatch) -> None:
+        self.dispatch = dispatch
+        self.scope: anyio.CancelScope | None = None
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self.scope is not None:
+            self.scope.cancel()
+
+    def is_cancelled(self) -> bool:
+        return self.cancelled
+
+
+class _EngineReporter:
+    """What a node reports, handed to the engine under the attempt's dispatch id (fenced)."""
+
+    __slots__ = ("_dispatch_id", "_engine")
+
+    def __init__(self, engine: Engine, dispatch_id: str) -> None:
+        self._engine = engine
+        self._dispatch_id = dispatch_id
+
+    def progress(self, fraction: float | None, stage: str | None, message: str | None) -> None:
+        self._engine.report_progress(self._dispatch_id, fraction, stage, message)
+
+    def chunk(self, channel: str, text: str | None, data: bytes | None, mime_type: str | None,
+              terminal: bool, metadata: dict[str, Any] | None) -> None:
+        self._engine.report_chunk(self._dispatch_id, channel, text, data, mime_type, terminal,
+                                  metadata)
+
+    def partial(self, update: dict[str, Any]) -> None:
+        self._engine.report_partial(self._dispatch_id, update)
+
+    def metric(self, name: str, value: float) -> None:
+        self._engine.report_metric(self._dispatch_id, name, value)
+
+    def artifact(self, artifact: dict[str, Any]) -> None:
+        self._engine.report_artifact(self._dispatch_id, artifact)
+
+
+class Scheduler:
+    """Runs the engine's work on anyio. Start `run` in a task group before submitting."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        limits: SchedulerLimits | None = None,
+        executor_for: Callable[[NodeSpec], Executor] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.limits = limits or SchedulerLimits()
+        if executor_for is None:
+            default = InProcessExecutor(threads=self.limits.parallelism)
+            executor_for = lambda spec: default  # noqa: E731
+        self._executor_for = executor_for
+        self._ready = _ReadyQueue()
+        self._attempts: dict[str, _Attempt] = {}
+        self._per_package: defaultdict[str, int] = defaultdict(int)
+        self._keys_busy: set[str] = set()
+        self._parked: defaultdict[tuple[str, str], deque[Task]] = defaultdict(deque)
+        self._timers: list[tuple[float, int, Timer]] = []
+        self._timer_ids = itertools.count()
+        self._timer_wake = anyio.Event()
+        self._finished: dict[str, anyio.Event] = {}
+        self._tg: TaskGroup | None = None
+        self._closing = False
+        self.dispatched = 0
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled: attempts run in this task group, timers fire from here."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            self._closing = False
+            task_status.started()
+            self._pump()  # runs submitted before the scheduler started
+            try:
+                await self._timer_loop()
+            finally:
+                self._closing = True
+                self._tg = None
+
+    async def _timer_loop(self) -> None:
+        while True:
+            now = anyio.current_time()
+            while self._timers and self._timers[0][0] <= now:
+                _, _, timer = heapq.heappop(self._timers)
+                self.engine.fire_timer(timer)
+                self._step()
+            delay = self._timers[0][0] - now if self._timers else float("inf")
+            self._timer_wake = anyio.Event()
+            with anyio.move_on_after(delay):
+                await self._timer_wake.wait()
+
+    # --- what clients call -------------------------------------------------------------------
+
+    def submit(
+        self,
+        workflow: Workflow,
+        graph: Graph,
+        *,
+        client_id: str,
+        definition_hash: str,
+        tenant: str = "default",
+        options: RunOptions | None = None,
+        run_id: str | None = None,
+    ) -> Run:
+        """Create a run and start its entry nodes."""
+        run = self.engine.submit(
+            workflow, graph, client_id=client_id, definition_hash=definition_hash,
+            tenant=tenant, options=options, run_id=run_id,
+        )
+        self._finished.setdefault(run.run_id, anyio.Event())
+        self._step()
+        return run
+
+    def cancel(self, run_id: str, reason: str = "cancelled by request") -> bool:
+        """Cancel a run: running attempts are stopped, the rest is marked cancelled."""
+        changed = self.engine.cancel_run(run_id, reason)
+        self._step()
+        return changed
+
+    async def wait_run(self, run_id: str) -> Run:
+        """Wait until a run has finished; KeyError if it is unknown."""
+        run = self.engine.runs[run_id]
+        if not run.final:
+            event = self._finished.setdefault(run_id, anyio.Event())
+            await event.wait()
+        return run
+
+    def statistics(self) -> dict[str, int]:
+        return {
+            "ready": len(self._ready),
+            "running": len(self._attempts),
+            "parked": sum(len(q) for q in self._parked.values()),
+            "timers": len(self._timers),
+            "dispatched": self.dispatched,
+        }
+
+    # --- the synchronous core ----------------------------------------------------------------
+
+    def _step(self) -> None:
+        """Apply the engine's effects, then start what the limits allow.
+
+        Applying an effect never calls back into the engine, so one pass drains them all.
+        """
+        for effect in self.engine.take_effects():
+            if isinstance(effect, Ready):
+                self._ready.push(effect.task)
+            elif isinstance(effect, Cancel):
+                attempt = self._attempts.get(effect.dispatch_id)
+                if attempt is not None:
+                    attempt.cancel()
+            elif isinstance(effect, Timer):
+                self._add_timer(effect)
+            elif isinstance(effect, RunFinished):
+                event = self._finished.get(effect.run.run_id)
+                if event is not None:
+                    event.set()
+        self._pump()
+
+    def _add_timer(self, timer: Timer) -> None:
+        deadline = anyio.current_time() + timer.delay
+        first = self._timers[0][0] if self._timers else None
+        heapq.heappush(self._timers, (deadline, next(self._timer_ids), timer))
+        if first is None or deadline < first:
+            self._timer_wake.set()
+
+    def _pump(self) -> None:
+        """Dispatch ready tasks while the global limit has room."""
+        if self._tg is None or self._closing:
+            return
+        parallelism = self.limits.parallelism
+        while len(self._attempts) < parallelism:
+            task = self._ready.pop()
+            if task is None:
+                return
+            spec = task.g.spec
+            if spec is None:
+                continue
+            blocked = self._blocked_on(task, spec)
+            if blocked is not None:
+                self._parked[blocked].append(task)
+                continue
+            dispatch = self.engine.dispatch(task)
+            if dispatch is None:
+                continue  # no longer ready: cancelled, or its run ended
+            self._acquire(task, spec)
+            attempt = _Attempt(dispatch)
+            self._attempts[dispatch.dispatch_id] = attempt
+            self.dispatched += 1
+            self._tg.start_soon(self._run_attempt, attempt, task, name=dispatch.task_id)
+            # dispatch() may have set a timeout timer
+            for effect in self.engine.take_effects():
+                if isinstance(effect, Timer):
+                    self._add_timer(effect)
+                else:  # pragma: no cover - dispatch only ever sets timers
+                    raise AssertionError(f"unexpected effect of dispatch: {effect!r}")
+
+    def _blocked_on(self, task: Task, spec: NodeSpec) -> tuple[str, str] | None:
+        key = task.g.concurrency_key
+        if key is not None and key in self._keys_busy:
+            return ("key", key)
+        limit = self.limits.for_package(spec.package)
+        if limit is not None and self._per_package[spec.package] >= limit:
+            return ("package", spec.package)
+        return None
+
+    def _acquire(self, task: Task, spec: NodeSpec) -> None:
+        self._per_package[spec.package] += 1
+        if task.g.concurrency_key is not None:
+            self._keys_busy.add(task.g.concurrency_key)
+
+    def _release(self, task: Task, spec: NodeSpec) -> None:
+        self._per_package[spec.package] -= 1
+        self._unpark(("package", spec.package))
+        key = task.g.concurrency_key
+        if key is not None:
+            self._keys_busy.discard(key)
+            self._unpark(("key", key))
+
+    def _unpark(self, resource: tuple[str, str]) -> None:
+        """Give the first task waiting for a freed resource its turn again."""
+        waiting = self._parked.get(resource)
+        if not waiting:
+            return
+        self._ready.push(waiting.popleft(), front=True)
+        if not waiting:
+            del self._parked[resource]
+
+    # --- one attempt ---------------------------------------------------------------------------
+
+    async def _run_attempt(self, attempt: _Attempt, task: Task) -> None:
+        dispatch = attempt.dispatch
+        engine = self.engine
+        try:
+            with anyio.CancelScope() as scope:
+                attempt.scope = scope
+                if attempt.cancelled:
+                    scope.cancel()
+                executor = self._executor_for(dispatch.spec)
+                reporter = _EngineReporter(engine, dispatch.dispatch_id)
+                result = await executor.execute(dispatch, reporter, attempt.is_cancelled)
+                engine.complete(dispatch.dispatch_id, result)
+            if scope.cancelled_caught and not attempt.cancelled:  # pragma: no cover
+                log.error("attempt %s was cancelled by nobody", dispatch.dispatch_id)
+        except NodeError as exc:
+            details = dict(exc.details or {})
+            if exc.remediation:
+                details["remediation"] = exc.remediation
+            engine.fail(dispatch.dispatch_id, ErrorInfo(
+                code=exc.code, message=exc.message, details=details or None))
+        except AttemptFailed as exc:
+            engine.fail(dispatch.dispatch_id, exc.error, retryable=exc.retryable)
+        except Exception as exc:
+            engine.fail(dispatch.dispatch_id, ErrorInfo(
+                code=Code.RUNNER_FAILURE,
+                message=f"{type(exc).__name__}: {exc}",
+                details={"traceback": _short_traceback(exc)},
+            ))
+        finally:
+            self._attempts.pop(dispatch.dispatch_id, None)
+            spec = task.g.spec
+            assert spec is not None
+            self._release(task, spec)
+            if not self._closing:
+                self._step()
+
+
+def _short_traceback(exc: BaseException, limit: int = 8) -> str:
+    """The last frames of a traceback, enough to find the line in a node package."""
+    return "".join(traceback.format_exception(exc, limit=-limit))[-4000:]
