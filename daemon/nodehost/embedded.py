@@ -7,6 +7,7 @@ a `WorkflowInvalid` before anything runs.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -22,6 +23,8 @@ from .scheduler import Scheduler, SchedulerLimits
 from .validate import Limits, compile_workflow, decode_document, definition_hash
 
 __all__ = ["EmbeddedHost", "load_document"]
+
+log = logging.getLogger(__name__)
 
 
 def load_document(
@@ -62,7 +65,10 @@ class EmbeddedHost:
         else:
             def sink(envelope: Envelope) -> None:
                 publish(envelope)
-                on_event(envelope)
+                try:
+                    on_event(envelope)
+                except Exception:  # an observer must never break a state transition
+                    log.exception("event observer failed on envelope %s", envelope.id)
         self.engine = Engine(sink=sink)
         self.scheduler = Scheduler(self.engine, limits=limits)
 
