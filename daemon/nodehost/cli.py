@@ -6,6 +6,7 @@ Exit codes: 0 the run succeeded (or the document is valid), 1 the run failed, 2 
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import sys
 from contextlib import nullcontext
@@ -19,13 +20,13 @@ from rich.console import Console
 from . import __version__
 from .config import Config, ConfigError, load_config
 from .console import RunView, print_summary
-from .embedded import EmbeddedHost, load_document
+from .embedded import EmbeddedHost, Prepared, prepare
 from .errors import PluginLoadError, WorkflowInvalid
 from .events import Envelope
-from .model import RunOptions, StartRunRequest, Workflow
+from .graph import Graph
+from .model import RunOptions
 from .plugins import Catalog, PluginHost
 from .runstate import Run, run_summary
-from .validate import compile_workflow, definition_hash
 
 __all__ = ["main"]
 
@@ -38,7 +39,7 @@ class _Fail(click.ClickException):
     exit_code = EXIT_USAGE
 
     def show(self, file: Any = None) -> None:
-        Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {self.message}")
+        Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {self.message}")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -77,17 +78,14 @@ def _read(path: str) -> bytes:
         raise _Fail(f"cannot read {path}: {exc.strerror}") from None
 
 
-def _load(path: str, config: Config, catalog: Catalog) -> StartRunRequest:
+def _load(path: str, config: Config, catalog: Catalog) -> Prepared:
     """Decode and compile a document, or exit 2 listing every problem with its path."""
-    limits = config.documents.limits()
     try:
-        request = load_document(_read(path), limits)
-        compile_workflow(request.workflow, catalog, limits)
+        return prepare(_read(path), catalog, config.documents.limits())
     except WorkflowInvalid as exc:
         lines = "\n".join(f"  {issue.path}: {issue.message}" for issue in exc.issues)
         raise _Fail(f"{path} is not a valid workflow ({len(exc.issues)} problem(s)):\n{lines}") \
             from None
-    return request
 
 
 _config_option = click.option(
@@ -110,7 +108,7 @@ def validate(workflow: str, config_path: str | None, output: str) -> None:
     err = Console(stderr=True)
     catalog = _catalog(config, err)
     try:
-        request = _load(workflow, config, catalog)
+        prepared = _load(workflow, config, catalog)
     except _Fail as exc:
         if output != "json":
             raise
@@ -121,8 +119,8 @@ def validate(workflow: str, config_path: str | None, output: str) -> None:
             issues.append({"path": where, "message": what})
         click.echo(msgspec.json.encode({"valid": False, "issues": issues}))
         sys.exit(EXIT_USAGE)
-    wf = request.workflow
-    digest = definition_hash(wf)
+    wf = prepared.request.workflow
+    digest = prepared.definition_hash
     if output == "json":
         click.echo(msgspec.json.encode({"valid": True, "definitionHash": digest}))
         return
@@ -137,8 +135,14 @@ def validate(workflow: str, config_path: str | None, output: str) -> None:
 @_config_option
 @_output_option
 @click.option("--fail-fast", is_flag=True, help="Cancel everything at the first node failure.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress, no log lines.")
-def run(workflow: str, config_path: str | None, output: str, fail_fast: bool, quiet: bool) -> None:
+@click.option(
+    "--progress", type=click.Choice(["auto", "live", "plain", "none"]), default="auto",
+    show_default=True,
+    help="live bars, plain lines, or none; auto: bars on a terminal, lines otherwise (none "
+         "with -o json unless stderr is a terminal).",
+)
+def run(workflow: str, config_path: str | None, output: str, fail_fast: bool,
+        progress: str) -> None:
     """Run WORKFLOW here, without a daemon, and show its progress.
 
     Exits 0 when the run succeeded, 1 when it failed, 130 when it was cancelled.
@@ -146,13 +150,22 @@ def run(workflow: str, config_path: str | None, output: str, fail_fast: bool, qu
     config = _config(config_path)
     err = Console(stderr=True)
     catalog = _catalog(config, err)
-    request = _load(workflow, config, catalog)
+    prepared = _load(workflow, config, catalog)
     if fail_fast:
-        request = msgspec.structs.replace(request, options=RunOptions(fail_fast=True))
+        request = msgspec.structs.replace(prepared.request, options=RunOptions(fail_fast=True))
+        prepared = dataclasses.replace(prepared, request=request)
     # progress goes where the person is: stdout for humans, stderr when stdout is for JSON
-    screen = Console(stderr=output == "json", highlight=False, soft_wrap=True)
-    show = not quiet and (output == "human" or screen.is_terminal)
-    run = anyio.run(_run, config, catalog, request, screen if show else None)
+    to_stderr = output == "json"
+    if progress == "auto":
+        screen = Console(stderr=to_stderr, highlight=False, soft_wrap=True)
+        show = output == "human" or screen.is_terminal
+    else:
+        screen = Console(stderr=to_stderr, highlight=False, soft_wrap=True,
+                         force_terminal=progress == "live" or None)
+        show = progress != "none"
+    run = anyio.run(_run, config, catalog, prepared, screen if show else None)
+    if output != "json" and not show:
+        screen = Console(highlight=False, soft_wrap=True)
     summary = msgspec.to_builtins(run_summary(run))
     if output == "json":
         sys.stdout.buffer.write(msgspec.json.encode(summary) + b"\n")
@@ -161,9 +174,9 @@ def run(workflow: str, config_path: str | None, output: str, fail_fast: bool, qu
     sys.exit({"succeeded": EXIT_OK, "cancelled": EXIT_CANCELLED}.get(run.status, EXIT_FAILED))
 
 
-async def _run(config: Config, catalog: Catalog, request: StartRunRequest,
+async def _run(config: Config, catalog: Catalog, prepared: Prepared,
                screen: Console | None) -> Run:
-    view = RunView(screen, total=_count_tasks(request)) if screen is not None else None
+    view = RunView(screen, total=_count_tasks(prepared.graph)) if screen is not None else None
 
     def on_event(envelope: Envelope) -> None:
         if view is not None:
@@ -173,7 +186,7 @@ async def _run(config: Config, catalog: Catalog, request: StartRunRequest,
                         document_limits=config.documents.limits(), on_event=on_event)
     with view if view is not None else nullcontext():
         async with host.running(), anyio.create_task_group() as tg:
-            run = host.submit(request)
+            run = host.submit(prepared)
             tg.start_soon(_cancel_on_signal, host, run.run_id)
             await host.scheduler.wait_run(run.run_id)
             tg.cancel_scope.cancel()
@@ -190,23 +203,7 @@ async def _cancel_on_signal(host: EmbeddedHost, run_id: str) -> None:
             host.scheduler.cancel(run_id, f"cancelled by {signal.Signals(signum).name}")
 
 
-def _count_tasks(request: StartRunRequest) -> int:
-    """Nodes at every depth, counting a subgraph once per container that runs it."""
-    subgraphs: dict[str, Workflow] = {}
-
-    def collect(wf: Workflow) -> None:
-        for sub in wf.subgraphs:
-            subgraphs.setdefault(sub.id, sub.definition)
-            collect(sub.definition)
-
-    def count(wf: Workflow) -> int:
-        total = len(wf.nodes)
-        for node in wf.nodes:
-            cfg = node.container_config
-            if node.is_container and cfg is not None and cfg.subgraph_id in subgraphs:
-                total += count(subgraphs[cfg.subgraph_id])
-        return total
-
-    collect(request.workflow)
-
-    return count(request.workflow)
+def _count_tasks(graph: Graph) -> int:
+    """Nodes at every depth (a subgraph counts once per container that runs it)."""
+    return sum(1 + (_count_tasks(g.subgraph) if g.subgraph is not None else 0)
+               for g in graph.nodes.values())

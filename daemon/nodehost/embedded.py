@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -20,28 +21,54 @@ from .model import RunOptions, StartRunRequest, Workflow
 from .plugins import Catalog
 from .runstate import Run
 from .scheduler import Scheduler, SchedulerLimits
+from .errors import Issue, WorkflowInvalid
+from .graph import Graph
 from .validate import Limits, compile_workflow, decode_document, definition_hash
 
-__all__ = ["EmbeddedHost", "load_document"]
+__all__ = ["EmbeddedHost", "Prepared", "prepare"]
 
 log = logging.getLogger(__name__)
 
 
-def load_document(
-    data: bytes | str | dict[str, Any], limits: Limits = Limits()
-) -> StartRunRequest:
-    """A StartRunRequest from either a request `{workflow, clientId}` or a bare Workflow."""
-    if isinstance(data, str):
-        data = data.encode()
-    if isinstance(data, bytes):
-        # decode once to see which of the two shapes it is; limits apply to the raw bytes
-        probe = decode_document(data, dict, limits)
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A document decoded, checked and compiled: ready to be submitted."""
+
+    request: StartRunRequest
+    graph: Graph
+    definition_hash: str
+
+
+def prepare(
+    data: StartRunRequest | bytes | str | dict[str, Any], catalog: Catalog,
+    limits: Limits = Limits(),
+) -> Prepared:
+    """Decode a run request `{workflow, clientId}` or a bare Workflow, check and compile it.
+
+    Raises WorkflowInvalid with every problem, each at its path in the document as sent
+    (`$.workflow.nodes[1].id` in a request, `$.nodes[1].id` in a bare workflow).
+    """
+    at = "$.workflow"
+    if isinstance(data, StartRunRequest):
+        request = data
     else:
-        probe = data
-    if isinstance(probe, dict) and "workflow" in probe and "nodes" not in probe:
-        return decode_document(probe, StartRunRequest, limits)
-    workflow = decode_document(probe, Workflow, limits)
-    return StartRunRequest(workflow=workflow, client_id="cli")
+        if isinstance(data, str):
+            data = data.encode()
+        probe = decode_document(data, dict, limits) if isinstance(data, bytes) else data
+        if isinstance(probe, dict) and "workflow" in probe and "nodes" not in probe:
+            request = decode_document(probe, StartRunRequest, limits)
+        else:
+            request = StartRunRequest(workflow=decode_document(probe, Workflow, limits),
+                                      client_id="cli")
+            at = "$"
+    try:
+        graph = compile_workflow(request.workflow, catalog, limits)
+    except WorkflowInvalid as exc:
+        if at == "$":
+            raise
+        raise WorkflowInvalid([Issue(at + issue.path[1:], issue.message)
+                               for issue in exc.issues]) from None
+    return Prepared(request, graph, definition_hash(request.workflow))
 
 
 class EmbeddedHost:
@@ -84,25 +111,26 @@ class EmbeddedHost:
 
     def submit(
         self,
-        request: StartRunRequest | bytes | str | dict[str, Any],
+        document: Prepared | StartRunRequest | bytes | str | dict[str, Any],
         *,
         tenant: str = "default",
         options: RunOptions | None = None,
     ) -> Run:
         """Check, compile and start a run; raises WorkflowInvalid for a bad document."""
-        if not isinstance(request, StartRunRequest):
-            request = load_document(request, self.document_limits)
-        graph = compile_workflow(request.workflow, self.catalog, self.document_limits)
+        if not isinstance(document, Prepared):
+            document = prepare(document, self.catalog, self.document_limits)
+        request = document.request
         return self.scheduler.submit(
             request.workflow,
-            graph,
+            document.graph,
             client_id=request.client_id,
-            definition_hash=definition_hash(request.workflow),
+            definition_hash=document.definition_hash,
             tenant=tenant,
             options=options or request.options,
         )
 
-    async def run(self, request: StartRunRequest | bytes | str | dict[str, Any], **kw: Any) -> Run:
+    async def run(self, document: Prepared | StartRunRequest | bytes | str | dict[str, Any],
+                  **kw: Any) -> Run:
         """Submit and wait for the run to finish (the host must be `running()`)."""
-        run = self.submit(request, **kw)
+        run = self.submit(document, **kw)
         return await self.scheduler.wait_run(run.run_id)
