@@ -17,7 +17,6 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
-    MofNCompleteColumn,
     Progress,
     SpinnerColumn,
     TaskID,
@@ -61,14 +60,13 @@ class RunView:
                 TextColumn("{task.description}"),
                 BarColumn(),
                 TaskProgressColumn(),
-                MofNCompleteColumn(),
                 TimeElapsedColumn(),
                 console=self.console,
                 transient=True,
                 refresh_per_second=8,
             )
             self._progress.start()
-            self._overall = self._progress.add_task("[bold]nodes", total=self.total)
+            self._overall = self._progress.add_task(self._overall_text(), total=self.total)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -112,19 +110,27 @@ class RunView:
             return
         progress = self._progress
         if self._overall is not None:
-            progress.update(self._overall, completed=self.done)
+            progress.update(self._overall, completed=self.done,
+                            description=self._overall_text())
         row = self._rows.get(task_id)
         if status == "running":
             fraction = state.get("progress")
             text = f"{escape(task_id)} [dim]{escape(message)}[/]" if message else escape(task_id)
             if row is None:
-                row = self._rows[task_id] = progress.add_task(text, total=1.0)
-            progress.update(row, description=text,
-                            completed=fraction if fraction is not None else 0.0)
+                row = self._rows[task_id] = progress.add_task(text, total=None)
+            if fraction is None:  # no progress reported: an indeterminate (pulsing) bar
+                progress.update(row, description=text)
+            else:
+                progress.update(row, description=text, total=1.0, completed=fraction)
         elif row is not None:
             progress.remove_task(self._rows.pop(task_id))
         if status in ("failed",) and before != status:
             self.console.print(f"[bold red]✗[/] {escape(task_id)}: {escape(error or 'failed')}")
+
+    def _overall_text(self) -> str:
+        failed = self.counts.get("failed", 0)
+        text = f"[bold]{self.done}/{self.total} nodes[/]"
+        return text + (f" [red]{failed} failed[/]" if failed else "")
 
     def _delta(self, data: dict[str, Any]) -> None:
         meta = data.get("chunkMeta") or {}
