@@ -182,8 +182,7 @@ async def _run(config: Config, catalog: Catalog, prepared: Prepared,
         if view is not None:
             view.feed(envelope)
 
-    host = EmbeddedHost(catalog, limits=config.scheduler.limits(),
-                        document_limits=config.documents.limits(), on_event=on_event)
+    host = EmbeddedHost.from_config(catalog, config, on_event=on_event)
     with view if view is not None else nullcontext():
         async with host.running(), anyio.create_task_group() as tg:
             run = host.submit(prepared)

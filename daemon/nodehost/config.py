@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta
@@ -57,8 +57,24 @@ class DocumentsConfig(_Section):
         )
 
 
+class ExecutorsConfig(_Section):
+    default: Literal["inprocess", "subprocess"] = "subprocess"
+    inprocess: list[str] = msgspec.field(default_factory=lambda: ["nodehost.std"])
+    subprocess: list[str] = []
+    idle_workers: Annotated[int, Meta(ge=0, le=64)] = 2
+    memory_limit_mb: Positive | None = None
+
+    def kind_for(self, package: str) -> Literal["inprocess", "subprocess"]:
+        if package in self.subprocess:
+            return "subprocess"
+        if package in self.inprocess:
+            return "inprocess"
+        return self.default
+
+
 class Config(_Section):
     scheduler: SchedulerConfig = msgspec.field(default_factory=SchedulerConfig)
+    executors: ExecutorsConfig = msgspec.field(default_factory=ExecutorsConfig)
     plugins: PluginsConfig = msgspec.field(default_factory=PluginsConfig)
     documents: DocumentsConfig = msgspec.field(default_factory=DocumentsConfig)
 

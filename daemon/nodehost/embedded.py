@@ -8,20 +8,25 @@ a `WorkflowInvalid` before anything runs.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
 
+from .config import Config
 from .engine import Engine
 from .events import Envelope, EventBus
+from .node_api import NodeSpec
 from .model import RunOptions, StartRunRequest, Workflow
 from .plugins import Catalog
 from .runstate import Run
 from .scheduler import Scheduler, SchedulerLimits
 from .errors import Issue, WorkflowInvalid
+from .executors import Executor
+from .executors.inprocess import InProcessExecutor
+from .executors.subprocess import SubprocessExecutor
 from .graph import Graph
 from .validate import Limits, compile_workflow, decode_document, definition_hash
 
@@ -82,6 +87,8 @@ class EmbeddedHost:
         document_limits: Limits | None = None,
         bus: EventBus | None = None,
         on_event: Callable[[Envelope], None] | None = None,
+        executor_for: Callable[[NodeSpec], Executor] | None = None,
+        closers: list[Callable[[], Awaitable[None]]] | None = None,
     ) -> None:
         self.catalog = catalog
         self.document_limits = document_limits or Limits()
@@ -97,7 +104,24 @@ class EmbeddedHost:
                 except Exception:  # an observer must never break a state transition
                     log.exception("event observer failed on envelope %s", envelope.id)
         self.engine = Engine(sink=sink)
-        self.scheduler = Scheduler(self.engine, limits=limits)
+        self.scheduler = Scheduler(self.engine, limits=limits, executor_for=executor_for)
+        self._closers = list(closers or [])
+
+    @classmethod
+    def from_config(cls, catalog: Catalog, config: Config, **kw: Any) -> EmbeddedHost:
+        """A host with the limits and executors of a configuration."""
+        cfg = config.executors
+        inprocess = InProcessExecutor(threads=config.scheduler.parallelism)
+        subprocess = SubprocessExecutor(idle=cfg.idle_workers,
+                                        memory_limit_mb=cfg.memory_limit_mb)
+        executors: dict[str, Executor] = {"inprocess": inprocess, "subprocess": subprocess}
+
+        def executor_for(spec: NodeSpec) -> Executor:
+            return executors[cfg.kind_for(spec.package)]
+
+        return cls(catalog, limits=config.scheduler.limits(),
+                   document_limits=config.documents.limits(), executor_for=executor_for,
+                   closers=[subprocess.aclose], **kw)
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[EmbeddedHost]:
@@ -108,6 +132,9 @@ class EmbeddedHost:
                 yield self
             finally:
                 tg.cancel_scope.cancel()
+                with anyio.CancelScope(shield=True):
+                    for close in self._closers:
+                        await close()
 
     def submit(
         self,

@@ -1,0 +1,255 @@
+"""The subprocess executor: each attempt runs in a worker process of its own node type.
+
+Workers are started on demand and kept warm (a few idle ones per node type and package
+version), so an attempt usually starts without paying for the import. A worker runs one
+attempt at a time, which is what makes containment exact: when a node crashes, hangs or
+blows its memory limit, only that node fails (with the exit code or signal), and cancelling
+it kills its worker's whole process group. Nothing a node does can reach the daemon's state.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections import defaultdict
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from anyio.abc import Process
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from ..errors import Code
+from ..model import ErrorInfo
+from . import AttemptFailed
+from .frames import MAX_FRAME, Done, Failed, Hello, Report, Start, decode_to_host, encode, header
+
+if TYPE_CHECKING:
+    from ..engine import Dispatch
+    from ..node_api import NodeSpec, Reporter
+
+__all__ = ["SubprocessExecutor"]
+
+_REPORTS = frozenset({"progress", "chunk", "partial", "metric", "artifact"})
+_Key = tuple[str, str, str, str, str]
+
+
+class _WorkerGone(Exception):
+    """The worker's protocol pipe closed: it exited or was killed."""
+
+
+class _Worker:
+    def __init__(self, process: Process, key: _Key) -> None:
+        self.process = process
+        self.key = key
+        assert process.stdout is not None and process.stderr is not None
+        self.frames = BufferedByteReceiveStream(process.stdout)
+        self.stderr = process.stderr
+        self.pid = process.pid
+
+    async def send(self, message: Start) -> None:
+        assert self.process.stdin is not None
+        try:
+            await self.process.stdin.send(encode(message))
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+            raise _WorkerGone from exc
+
+    async def receive(self) -> Any:
+        try:
+            (size,) = header.unpack(await self.frames.receive_exactly(header.size))
+            if size > MAX_FRAME:
+                raise _WorkerGone(f"frame of {size} bytes")
+            return decode_to_host(await self.frames.receive_exactly(size))
+        except (anyio.IncompleteRead, anyio.EndOfStream, anyio.BrokenResourceError) as exc:
+            raise _WorkerGone from exc
+
+
+class SubprocessExecutor:
+    """Runs attempts in worker processes, `idle` warm workers kept per node type."""
+
+    def __init__(
+        self,
+        *,
+        idle: int = 2,
+        memory_limit_mb: int | None = None,
+        kill_grace: float = 1.0,
+        python: str = sys.executable,
+    ) -> None:
+        self.idle = idle
+        self.memory_limit_mb = memory_limit_mb
+        self.kill_grace = kill_grace
+        self.python = python
+        self._idle: defaultdict[_Key, list[_Worker]] = defaultdict(list)
+        self.started = 0
+
+    async def execute(
+        self, dispatch: Dispatch, reporter: Reporter, is_cancelled: Callable[[], bool]
+    ) -> dict[str, Any]:
+        spec = dispatch.spec
+        key = _key(spec)
+        pool = self._idle[key]
+        worker = pool.pop() if pool else await self._spawn(key, spec)
+        outcome: Done | Failed | None = None
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._forward_stderr, worker, reporter)
+                try:
+                    await worker.send(Start(
+                        dispatch_id=dispatch.dispatch_id, run_id=dispatch.run_id,
+                        node_id=dispatch.node_id, task_id=dispatch.task_id,
+                        attempt=dispatch.attempt, parameters=dispatch.parameters,
+                    ))
+                    outcome = await self._follow(worker, reporter)
+                except _WorkerGone:
+                    pass  # outcome stays None
+                tg.cancel_scope.cancel()
+        finally:
+            if outcome is not None and len(pool) < self.idle:
+                pool.append(worker)
+            else:  # surplus, crashed, or cancelled mid-attempt: end its process group
+                with anyio.CancelScope(shield=True):
+                    await self._kill(worker)
+        if outcome is None:
+            raise await self._crashed(worker, spec)
+        if isinstance(outcome, Failed):
+            error = ErrorInfo(code=outcome.code, message=outcome.message,
+                              details=outcome.details)
+            raise AttemptFailed(error, retryable=outcome.retryable)
+        return outcome.result
+
+    async def aclose(self) -> None:
+        """Stop the idle workers."""
+        pools, self._idle = self._idle, defaultdict(list)
+        with anyio.CancelScope(shield=True):
+            for workers in pools.values():
+                for worker in workers:
+                    await self._kill(worker)
+
+    def statistics(self) -> dict[str, int]:
+        return {"idle": sum(len(p) for p in self._idle.values()), "started": self.started}
+
+    # --- inside an attempt -------------------------------------------------------------------
+
+    async def _follow(self, worker: _Worker, reporter: Reporter) -> Done | Failed:
+        while True:
+            message = await worker.receive()
+            if isinstance(message, Report):
+                if message.kind in _REPORTS:
+                    getattr(reporter, message.kind)(*message.args)
+            elif isinstance(message, Done | Failed):
+                return message
+
+    async def _forward_stderr(self, worker: _Worker, reporter: Reporter) -> None:
+        """What the node writes to stderr (or prints) becomes its "stderr" log channel."""
+        pending = b""
+        try:
+            async for data in worker.stderr:
+                pending += data
+                if b"\n" in pending:
+                    text, _, pending = pending.rpartition(b"\n")
+                    reporter.chunk("stderr", text.decode(errors="replace") + "\n", None, None,
+                                   False, None)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass
+        if pending:
+            reporter.chunk("stderr", pending.decode(errors="replace"), None, None, False, None)
+
+    # --- worker lifecycle ----------------------------------------------------------------------
+
+    async def _spawn(self, key: _Key, spec: NodeSpec) -> _Worker:
+        module, qualname = key[0], key[1]
+        if "<locals>" in qualname or module == "__main__":
+            raise AttemptFailed(ErrorInfo(
+                code=Code.UNAVAILABLE,
+                message=f"node type {spec.type!r} cannot run in a subprocess: its function "
+                        f"{module}.{qualname} is not importable (define it at module level, "
+                        f"or run package {spec.package!r} in-process)",
+            ), retryable=False)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        if self.memory_limit_mb:
+            env["NODEHOST_WORKER_MEMORY_MB"] = str(self.memory_limit_mb)
+        process = await anyio.open_process(
+            [self.python, "-m", "nodehost.executors.worker", *key],
+            env=env, start_new_session=True,
+        )
+        self.started += 1
+        worker = _Worker(process, key)
+        try:
+            hello = await worker.receive()
+        except _WorkerGone:
+            with anyio.CancelScope(shield=True):
+                stderr = await _read_all(worker)
+                code = await process.wait()
+            tail = stderr.decode(errors="replace").strip().splitlines()[-12:]
+            raise AttemptFailed(ErrorInfo(
+                code=Code.UNAVAILABLE,
+                message=f"the worker for {spec.package}=={spec.version} {spec.type!r} did not "
+                        f"start ({_exit_text(code)}): {tail[-1] if tail else 'no output'}",
+                details={"stderr": "\n".join(tail)},
+            ), retryable=False) from None
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._kill(worker)
+            raise
+        if not isinstance(hello, Hello):  # pragma: no cover - protocol violation
+            await self._kill(worker)
+            raise AttemptFailed(ErrorInfo(code=Code.INTERNAL, message=f"worker said {hello!r} "
+                                          "before hello"), retryable=True)
+        return worker
+
+    async def _crashed(self, worker: _Worker, spec: NodeSpec) -> AttemptFailed:
+        code = worker.process.returncode  # _kill has reaped it
+        details: dict[str, Any] = {"exitCode": code}
+        if code is not None and code < 0:
+            details["signal"] = signal.Signals(-code).name
+        hint = " (out of memory?)" if code == -signal.SIGKILL else ""
+        return AttemptFailed(ErrorInfo(
+            code=Code.RUNNER_FAILURE,
+            message=f"the worker process of {spec.package}=={spec.version} died during the "
+                    f"attempt: {_exit_text(code)}{hint}",
+            details=details,
+        ), retryable=True)
+
+    async def _kill(self, worker: _Worker) -> None:
+        """End a worker and its process group: stdin closed, then SIGTERM, then SIGKILL."""
+        process = worker.process
+        if process.returncode is None:
+            for sig, wait in ((signal.SIGTERM, self.kill_grace), (signal.SIGKILL, 10.0)):
+                try:
+                    os.killpg(worker.pid, sig)
+                except ProcessLookupError:
+                    break
+                with anyio.move_on_after(wait):
+                    await process.wait()
+                    break
+        else:  # the leader is gone; what it started may not be
+            try:
+                os.killpg(worker.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        await process.aclose()
+
+
+def _key(spec: NodeSpec) -> _Key:
+    fn = spec.fn
+    return (fn.__module__, fn.__qualname__, spec.package, spec.version, spec.type)
+
+
+async def _read_all(worker: _Worker) -> bytes:
+    chunks = []
+    try:
+        async for data in worker.stderr:
+            chunks.append(data)
+    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+        pass
+    return b"".join(chunks)
+
+
+def _exit_text(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        return f"killed by signal {signal.Signals(-code).name}"
+    return f"exit code {code}"

@@ -1,0 +1,137 @@
+"""The worker process: `python -m nodehost.executors.worker MODULE QUALNAME PACKAGE VERSION TYPE`.
+
+It imports one node function, says `Hello`, then runs the attempts the host sends, one at a
+time, until its stdin closes. The protocol owns file descriptor 1: `print()` in node code is
+redirected to stderr, which the host streams as the node's "stderr" log channel.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import resource
+import sys
+import threading
+import traceback
+from typing import Any, BinaryIO
+
+import anyio
+import msgspec
+
+from ..errors import Code, NodeError
+from ..node_api import Context, NodeSpec, Package
+from . import AttemptFailed
+from .frames import Done, Failed, Hello, Report, Start, decode_to_worker, encode, header
+from .inprocess import decode_parameters, encode_results
+
+__all__ = ["main"]
+
+
+class _FrameWriter:
+    """Writes frames to the protocol pipe; node threads may report concurrently."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+        self._lock = threading.Lock()
+
+    def send(self, message: msgspec.Struct) -> None:
+        data = encode(message)
+        with self._lock:
+            self._out.write(data)
+            self._out.flush()
+
+
+class _PipeReporter:
+    """The Reporter protocol, as frames to the host."""
+
+    def __init__(self, writer: _FrameWriter) -> None:
+        self._send = writer.send
+
+    def progress(self, fraction: float | None, stage: str | None, message: str | None) -> None:
+        self._send(Report("progress", [fraction, stage, message]))
+
+    def chunk(self, channel: str, text: str | None, data: bytes | None, mime_type: str | None,
+              terminal: bool, metadata: dict[str, Any] | None) -> None:
+        self._send(Report("chunk", [channel, text, data, mime_type, terminal, metadata]))
+
+    def partial(self, update: dict[str, Any]) -> None:
+        self._send(Report("partial", [update]))
+
+    def metric(self, name: str, value: float) -> None:
+        self._send(Report("metric", [name, value]))
+
+    def artifact(self, artifact: dict[str, Any]) -> None:
+        self._send(Report("artifact", [artifact]))
+
+
+def load_spec(module: str, qualname: str, package: str, version: str, type: str) -> NodeSpec:
+    """Import the node function and rebuild its spec (types come from its annotations)."""
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    registry = Package(package, version)
+    registry.node(type)(obj)
+    return registry.nodes[type]
+
+
+def _read_exactly(stream: BinaryIO, n: int) -> bytes | None:
+    data = stream.read(n)
+    if not data or len(data) < n:
+        return None
+    return data
+
+
+def run_attempt(spec: NodeSpec, start: Start, reporter: _PipeReporter) -> Done | Failed:
+    ctx = Context(run_id=start.run_id, node_id=start.node_id, task_id=start.task_id,
+                  attempt=start.attempt, spec=spec, reporter=reporter)
+    try:
+        params = decode_parameters(spec, start.parameters)
+        if spec.is_async:
+            value = anyio.run(spec.fn, ctx, params)
+        else:
+            value = spec.fn(ctx, params)
+        return Done(encode_results(spec, value))
+    except NodeError as exc:
+        details = dict(exc.details or {})
+        if exc.remediation:
+            details["remediation"] = exc.remediation
+        return Failed(exc.code, exc.message, details or None)
+    except AttemptFailed as exc:
+        return Failed(exc.error.code, exc.error.message, exc.error.details,
+                      retryable=exc.retryable, raised=False)
+    except MemoryError:
+        return Failed(Code.RUNNER_FAILURE, "the node ran out of memory (MemoryError)",
+                      {"memoryLimit": True})
+    except Exception as exc:
+        tb = "".join(traceback.format_exception(exc, limit=-8))[-4000:]
+        return Failed(Code.RUNNER_FAILURE, f"{type(exc).__name__}: {exc}", {"traceback": tb})
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    module, qualname, package, version, type = args[:5]
+    memory_mb = int(os.environ.get("NODEHOST_WORKER_MEMORY_MB", "0"))
+    if memory_mb > 0:
+        limit = memory_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    # fd 1 belongs to the protocol from here on; stray prints go to stderr
+    protocol_out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    protocol_in = os.fdopen(os.dup(0), "rb")
+    writer = _FrameWriter(protocol_out)
+    spec = load_spec(module, qualname, package, version, type)
+    writer.send(Hello(pid=os.getpid(), python=sys.version.split()[0]))
+    reporter = _PipeReporter(writer)
+    while True:
+        head = _read_exactly(protocol_in, header.size)
+        if head is None:
+            return 0  # the host closed our stdin: it is done with us (or gone)
+        body = _read_exactly(protocol_in, header.unpack(head)[0])
+        if body is None:
+            return 0
+        writer.send(run_attempt(spec, decode_to_worker(body), reporter))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
