@@ -1,0 +1,1 @@
+"""Durable state: the journal and snapshots (the only code that writes to disk)."""
