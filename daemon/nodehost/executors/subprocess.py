@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 
 __all__ = ["SubprocessExecutor"]
 
+# what systemd hands the daemon is not for node processes (they must never ping or notify)
+_SCRUB = frozenset({"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_PID", "LISTEN_FDS",
+                    "LISTEN_FDNAMES"})
 _REPORTS = frozenset({"progress", "chunk", "partial", "metric", "artifact"})
 _Key = tuple[str, str, str, str, str]
 
@@ -166,7 +169,7 @@ class SubprocessExecutor:
                         f"{module}.{qualname} is not importable (define it at module level, "
                         f"or run package {spec.package!r} in-process)",
             ), retryable=False)
-        env = dict(os.environ)
+        env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         if self.memory_limit_mb:
             env["NODEHOST_WORKER_MEMORY_MB"] = str(self.memory_limit_mb)
