@@ -91,6 +91,40 @@ def _copy(value: Any) -> Any:
     return _mp_decode(_mp_encode(value))
 
 
+def _injection_problem(parameters: dict[str, Any], graph: Graph) -> str | None:
+    """Why a container's parameters cannot be injected into its subgraph (None if they can)."""
+    for key, value in parameters.items():
+        if key not in graph.nodes:
+            return (f"container parameters are keyed by node id of subgraph "
+                    f"{graph.id!r}, which has no node {key!r}")
+        if not isinstance(value, dict):
+            return (f"container parameter {key!r} must be an object (the parameters of "
+                    f"node {key!r}), not {type(value).__name__}")
+    return None
+
+
+def _subgraph_error(inner: Task) -> ErrorInfo:
+    """The error of a container whose frame had `inner` fail: it names the failed leaf."""
+    err = inner.error or ErrorInfo(code=Code.INTERNAL, message="failed")
+    if err.code == Code.SUBGRAPH and err.details:
+        return err  # a nested container: its error already names the leaf
+    return ErrorInfo(
+        code=Code.SUBGRAPH,
+        message=f"node {inner.task_id} failed: {err.message}",
+        details={"taskId": inner.task_id, "code": err.code},
+    )
+
+
+def _root_cause(task: Task, error: ErrorInfo) -> ErrorInfo:
+    """The run's error when `task` fails with `error`: the leaf failure, not its wrappers."""
+    if error.code == Code.SUBGRAPH and error.details and "taskId" in error.details:
+        details = error.details
+        return ErrorInfo(code=details.get("code", Code.INTERNAL), message=error.message,
+                         details={"taskId": details["taskId"]})
+    return ErrorInfo(code=error.code, message=f"node {task.task_id} failed: {error.message}",
+                     details={"taskId": task.task_id})
+
+
 def _escape(key: str) -> str:
     return key.replace("~", "~0").replace("/", "~1")
 
@@ -245,14 +279,17 @@ class Engine:
         if run.final:
             return
         run.root.closed = True
-        if run.cancel_reason is not None and run.error is None:
-            run.status = "cancelled"
+        if run.cancel_reason is not None:
+            run.status = "cancelled"  # what was asked for, even if a branch had failed before
+            reason = run.cancel_reason
         elif run.error is not None or any(t.status != "succeeded" for t in run.root.tasks.values()):
             run.status = "failed"
+            reason = run.error.message if run.error else None
         else:
             run.status = "succeeded"
+            reason = None
         run.finished_at = self._ts
-        self._emit_run_status(run, reason=run.error.message if run.error else run.cancel_reason)
+        self._emit_run_status(run, reason=reason)
         self._emit_snapshot(run)
         self._effects.append(RunFinished(run))
 
@@ -266,10 +303,9 @@ class Engine:
 
     def _start_frame(self, frame: Frame, injected: dict[str, Any] | None) -> None:
         frame.restart()
-        for task in frame.tasks.values():
-            part = injected.get(task.node_id) if injected else None
-            if isinstance(part, dict):
-                task.parameters = merge_into(_copy(task.g.node.parameters), _copy(part))
+        for node_id, part in (injected or {}).items():
+            task = frame.tasks[node_id]  # checked by _injection_problem
+            task.parameters = merge_into(_copy(task.g.node.parameters), _copy(part))
         for node_id in frame.graph.entry:
             task = frame.tasks[node_id]
             if task.phase == "waiting":
@@ -286,31 +322,28 @@ class Engine:
         if container.child is not frame or container.phase != "container":
             return  # the container was cancelled or timed out: the frame is history
         if frame.failed is not None:
-            inner = frame.failed
-            err = inner.error
-            self._fail_attempt(container, ErrorInfo(
-                code=Code.SUBGRAPH,
-                message=f"node {inner.task_id} failed: {err.message if err else 'failed'}",
-                details={"taskId": inner.task_id, "code": err.code if err else Code.INTERNAL},
-            ))
+            self._fail_attempt(container, _subgraph_error(frame.failed))
             return
         results = {t.node_id: t.result for t in frame.tasks.values() if t.status == "succeeded"}
         loop = container.g.loop
         if loop is not None and container.turns < loop.max_iterations and self._loop_again(
-            loop.condition, results
+            loop.condition, results, container.parameters
         ):
             self._start_container(container, iterate=True)
             return
         self._succeed(container, results)
 
     @staticmethod
-    def _loop_again(condition: str | None, results: dict[str, Any]) -> bool:
+    def _loop_again(condition: str | None, results: dict[str, Any],
+                    parameters: dict[str, Any]) -> bool:
+        """Run the subgraph again? The condition is a path into the iteration's results
+        (`results.<innerNodeId>...`) or the container's parameters; a missing value is false."""
         if not condition:
             return True
         path = parse_path(condition)
+        data = results if path.root == "results" else parameters
         try:
-            return bool(get_value({"results": results, "parameters": {}}[path.root],
-                                  path.segments))
+            return bool(get_value(data, path.segments))
         except MissingValue:
             return False
 
@@ -379,6 +412,10 @@ class Engine:
         task.seq = 0
         task.progress = task.stage = task.message = None
         task.partial = None
+        # what a failed attempt reported is not this attempt's (new objects: envelopes
+        # already published may hold the old ones)
+        task.artifacts = []
+        task.metrics = {}
         self._dispatches[dispatch_id] = task
         self._mark_running(task.run)
         self._emit_node_state(task)
@@ -390,7 +427,8 @@ class Engine:
         return Dispatch(
             run_id=task.run.run_id, task_id=task.task_id, node_id=task.node_id,
             dispatch_id=dispatch_id, attempt=task.attempt, spec=spec,
-            parameters=task.parameters, timeout=timeout,
+            # a copy: a node that changes its parameters must not change the next attempt's
+            parameters=_copy(task.parameters), timeout=timeout,
         )
 
     def _start_container(self, task: Task, *, iterate: bool) -> None:
@@ -400,22 +438,30 @@ class Engine:
             task.tries += 1
             task.turns = 1
         task.attempt += 1
+        if not iterate:
+            task.try_fence = task.attempt
         task.phase = "container"
         task.status = "running"
         task.started_at = task.started_at if iterate else self._ts
         task.error = None
+        task.stage = task.progress = None  # not "retrying" any more
         self._mark_running(task.run)
+        task.message = f"iteration {task.turns}" if task.g.loop else None
+        self._emit_node_state(task)
+        graph = task.g.subgraph
+        assert graph is not None
+        problem = _injection_problem(task.parameters, graph)
+        if problem is not None:  # only bound values can get here: validation checks the rest
+            self._fail_attempt(task, ErrorInfo(code=Code.PARAMETERS, message=problem),
+                               retryable=False)
+            return
         frame = task.child
         if frame is None:
-            graph = task.g.subgraph
-            assert graph is not None
             frame_id = f"{task.frame.frame_id}::{task.node_id}::{graph.id}"
             frame = task.child = Frame(task.run, graph, frame_id, task)
             task.run.frames[frame_id] = frame
-        task.message = f"iteration {task.turns}" if task.g.loop else None
-        self._emit_node_state(task)
         if task.g.timeout and not iterate:
-            self._effects.append(Timer(task.g.timeout, "timeout", task, task.tries))
+            self._effects.append(Timer(task.g.timeout, "timeout", task, task.try_fence))
         self._start_frame(frame, task.parameters)
 
     def complete(self, dispatch_id: str, result: dict[str, Any]) -> bool:
@@ -441,8 +487,10 @@ class Engine:
     def fire_timer(self, timer: Timer) -> None:
         """A timer set by an earlier effect ran out; stale timers change nothing."""
         task = timer.task
-        # a container's timeout spans its loop iterations: it is fenced on tries, not attempts
-        current = task.tries if timer.kind == "timeout" and task.g.is_container else task.attempt
+        # a container's timeout spans its loop iterations: it is fenced on the try, not the
+        # attempt (and not on `tries`, which starts again when an enclosing frame restarts)
+        container_timeout = timer.kind == "timeout" and task.g.is_container
+        current = task.try_fence if container_timeout else task.attempt
         if current != timer.fence or task.final or task.run.final:
             return
         self._ts = self._now()
@@ -517,17 +565,20 @@ class Engine:
         frame = task.frame
         if frame.failed is None:
             frame.failed = task
-        if run.error is None and (task.g.spec is not None or error.code != Code.SUBGRAPH):
-            # the first leaf failure explains the run; container errors only wrap it
-            run.error = ErrorInfo(code=error.code, message=f"node {task.task_id} failed: "
-                                  f"{error.message}", details={"taskId": task.task_id})
+        if run.error is None and frame.container is None:
+            # Only a failure that fails the run explains it: inside a frame, the container
+            # may still retry and succeed. A container's error names the leaf that failed.
+            run.error = _root_cause(task, error)
         self._skip_downstream(task)
-        if run.options.fail_fast and not run.final:
-            if run.error is None:
-                run.error = ErrorInfo(code=error.code, message=f"node {task.task_id} failed: "
-                                      f"{error.message}", details={"taskId": task.task_id})
-            self._abort_frame(run.root, f"failFast: node {task.task_id} failed")
-            self._finish_run(run)
+        if run.options.fail_fast and not frame.closed:
+            # cancel the rest of this frame at once; its container then fails (or retries:
+            # its retry policy still holds), which cancels the frame above, and so on
+            self._abort_frame(frame, f"failFast: node {task.task_id} failed")
+            container = frame.container
+            if container is None:
+                self._finish_run(run)
+            elif container.phase == "container" and container.child is frame:
+                self._fail_attempt(container, _subgraph_error(task))
             return
         self._close_frame_if_done(frame)
 
@@ -538,8 +589,10 @@ class Engine:
             down = tasks[todo.pop()]
             if down.final:
                 continue
-            self._set_final(down, "skipped", message=f"upstream {failed.node_id!r} "
-                            f"{failed.status}")
+            reason = f"upstream {failed.node_id!r} {failed.status}"
+            down.error = ErrorInfo(code=Code.UPSTREAM, message=reason,
+                                   details={"taskId": failed.task_id})
+            self._set_final(down, "skipped", message=reason)
             todo.extend(down.g.downstream)
 
     def _set_final(self, task: Task, status: str, message: str | None = None) -> None:

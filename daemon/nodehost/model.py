@@ -1,8 +1,8 @@
 """msgspec Structs of the wire documents: workflow, run summaries (tier 1: no I/O).
 
 Wire names are camelCase. Decoding ignores fields we do not know; the original document is
-kept next to the decoded one (see `validate.load_workflow`) so that UI-only and unknown fields
-are returned exactly as they were sent. A field of ours with the wrong type is an error.
+kept next to the decoded one (see `validate.decode_with_raw`) so that UI-only and unknown
+fields are returned exactly as they were sent. A field of ours with the wrong type is an error.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ __all__ = [
     "ScopeSpec",
     "StartRunRequest",
     "Subgraph",
+    "SubgraphDefinition",
     "Workflow",
     "WorkflowMetadata",
 ]
@@ -136,7 +137,7 @@ class WorkflowMetadata(Model):
 
 class Subgraph(Model):
     id: NonEmpty
-    definition: Workflow
+    definition: SubgraphDefinition
     metadata: dict[str, Any] | None = None
 
 
@@ -150,6 +151,15 @@ class Workflow(Model):
     tags: list[str] = []
 
 
+class SubgraphDefinition(Workflow, kw_only=True):
+    """The workflow a subgraph runs. As in the seed, `id` (the subgraph's id names it),
+    `schemaVersion` (the root's applies) and `metadata` may be left out."""
+
+    id: str = ""
+    schema_version: Annotated[str, Meta(pattern=r"^\d{4}-\d{2}$")] = ""
+    metadata: WorkflowMetadata | None = None  # type: ignore[assignment]
+
+
 class RunOptions(Model):
     fail_fast: bool = False
 
@@ -157,7 +167,7 @@ class RunOptions(Model):
 class StartRunRequest(Model):
     workflow: Workflow
     client_id: NonEmpty
-    options: RunOptions = RunOptions()
+    options: RunOptions = msgspec.field(default_factory=RunOptions)
 
 
 # --- run summaries (what GET /runs and `nodehost run --output json` return) ---------------

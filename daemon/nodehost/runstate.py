@@ -28,7 +28,7 @@ class Task:
         "artifacts", "attempt", "child", "dispatch_id", "error", "finished_at", "frame", "g",
         "message", "metrics", "node_id", "parameters", "partial", "pending", "phase",
         "progress", "result", "seq", "stage", "started_at", "status", "task_id", "tries",
-        "turns", "updated_at",
+        "try_fence", "turns", "updated_at",
     )
 
     def __init__(self, frame: Frame, g: GraphNode, task_id: str) -> None:
@@ -37,6 +37,9 @@ class Task:
         self.node_id = g.id
         self.task_id = task_id
         self.attempt = 0  # grows across retries and loop iterations: the result revision
+        # `attempt` when the current try of a container began; never reused, since `attempt`
+        # only grows (a container's timeout spans its loop iterations and is fenced on it)
+        self.try_fence = 0
         self.dispatch_id: str | None = None
         self.child: Frame | None = None
         self.reset()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -24,10 +23,19 @@ __all__ = [
     "Limits",
     "compile_workflow",
     "decode_document",
+    "decode_with_raw",
     "definition_hash",
     "load_request",
     "load_workflow",
 ]
+
+
+Injectable = frozenset[tuple[str, ...]]
+
+
+def _below(paths: Injectable, key: str) -> Injectable:
+    """The paths under `key` (the empty path, a whole-object injection, covers every key)."""
+    return frozenset(p[1:] if p else p for p in paths if not p or p[0] == key)
 
 
 class SpecSource(Protocol):
@@ -43,6 +51,14 @@ class Limits:
     max_document_bytes: int = 16 * 1024 * 1024
     max_nodes: int = 200_000  # all nodes at every depth, counted once per container use
     max_depth: int = 16  # container nesting
+
+
+_SEPARATOR = "::"  # joins frame and node ids into task ids: `<frameId>::<nodeId>`
+
+
+def _separator_message(what: str, id: str) -> str:
+    return (f"{what} id {id!r} must not contain {_SEPARATOR!r}, which separates frame and "
+            f"node ids in task ids (two nodes could otherwise share a task id)")
 
 
 _MSGSPEC_PATH = re.compile(r" - at `(\$[^`]*)`$")
@@ -63,10 +79,23 @@ def decode_document(data: bytes | str | dict[str, Any], what: type, limits: Limi
     try:
         return msgspec.convert(data, what, strict=True)
     except msgspec.ValidationError as exc:
-        text = str(exc)
-        m = _MSGSPEC_PATH.search(text)
-        path, message = (m.group(1), text[: m.start()]) if m else ("$", text)
+        path, message = _split_msgspec(str(exc))
         raise WorkflowInvalid([Issue(path, message)]) from None
+
+
+def decode_with_raw(
+    data: bytes | str | dict[str, Any], what: type, limits: Limits = Limits()
+) -> tuple[Any, dict[str, Any]]:
+    """Like `decode_document`, also returning the document as sent (a dict).
+
+    The Structs drop fields nodehost does not know (UI-only ones such as `position` or
+    `previewImage`, and anything a newer client adds); the raw document keeps them, so that
+    what is returned to clients is what they sent.
+    """
+    if isinstance(data, str):
+        data = data.encode()
+    raw = decode_document(data, dict, limits) if isinstance(data, bytes) else data
+    return decode_document(raw, what, limits), raw
 
 
 def load_request(data: bytes | str | dict[str, Any], limits: Limits = Limits()) -> StartRunRequest:
@@ -106,17 +135,27 @@ class _Compiler:
         self.graphs: dict[str, Graph] = {}  # compiled subgraphs, by id
         self.compiling: list[str] = []  # subgraph ids on the current path (cycle guard)
         self.total_nodes = 0
+        self._seen: set[Issue] = set()
+        self._quiet = False
 
     def issue(self, path: str, message: str) -> None:
-        self.issues.append(Issue(path, message))
+        # a subgraph is compiled once per container that runs it: report its problems once
+        issue = Issue(path, message)
+        if not self._quiet and issue not in self._seen:
+            self._seen.add(issue)
+            self.issues.append(issue)
 
     def run(self) -> Graph:
         self._collect_subgraphs(self.root, "$")
         graph = self._graph(self.root, "$", self.root.id, injectable=frozenset())
-        if self.total_nodes > self.limits.max_nodes:
-            self.issue("$", f"the workflow expands to {self.total_nodes} nodes, over the limit "
-                            f"of {self.limits.max_nodes}")
+        if self.over_limit:
+            self.issue("$", f"the workflow expands to more than {self.limits.max_nodes} nodes "
+                            "(a subgraph counts once per container that runs it)")
         return graph
+
+    @property
+    def over_limit(self) -> bool:
+        return self.total_nodes > self.limits.max_nodes
 
     def _collect_subgraphs(self, wf: Workflow, path: str) -> None:
         for i, sub in enumerate(wf.subgraphs):
@@ -125,26 +164,35 @@ class _Compiler:
                 self.issue(f"{sub_path}.id", f"duplicate subgraph id {sub.id!r} (first at "
                                              f"{self.subgraphs[sub.id][1]})")
                 continue
+            if _SEPARATOR in sub.id:
+                self.issue(f"{sub_path}.id", _separator_message("subgraph", sub.id))
             self.subgraphs[sub.id] = (sub.definition, sub_path)
             self._collect_subgraphs(sub.definition, f"{sub_path}.definition")
 
     # --- one graph level -------------------------------------------------------------------
 
     def _graph(
-        self, wf: Workflow, path: str, graph_id: str, injectable: frozenset[str]
+        self, wf: Workflow, path: str, graph_id: str, injectable: Injectable
     ) -> Graph:
+        """Compile one level; `injectable` lists the paths (below the node id) that the
+        container running this level may inject into its nodes' parameters."""
         graph = Graph(id=graph_id)
+        # counted before the containers below are compiled, so a document that expands
+        # beyond the limit stops expanding (a few kB can describe 10^16 nodes)
+        self.total_nodes += len(wf.nodes)
         index: dict[str, int] = {}
         for i, node in enumerate(wf.nodes):
             if node.id in index:
+                first = f"{path}.nodes[{index[node.id]}]"
                 self.issue(f"{path}.nodes[{i}].id",
-                           f"duplicate node id {node.id!r} (first at {path}.nodes[{index[node.id]}])")
+                           f"duplicate node id {node.id!r} (first at {first})")
                 continue
             index[node.id] = i
-            gnode = self._node(node, f"{path}.nodes[{i}]")
+            if _SEPARATOR in node.id:
+                self.issue(f"{path}.nodes[{i}].id", _separator_message("node", node.id))
+            gnode = self._node(node, f"{path}.nodes[{i}]", _below(injectable, node.id))
             if gnode is not None:
                 graph.nodes[node.id] = gnode
-        self.total_nodes += len(wf.nodes)
 
         upstream: dict[str, list[str]] = {nid: [] for nid in index}
         inputs: dict[str, list[DataBinding]] = {nid: [] for nid in index}
@@ -186,14 +234,15 @@ class _Compiler:
             if gnode.spec is not None and not gnode.is_container:
                 targets = {b.target for b in gnode.inputs}
                 self._check_parameters(gnode, targets, f"{path}.nodes[{index[nid]}].parameters",
-                                       injected=nid in injectable)
+                                       injected=bool(_below(injectable, nid)))
         graph.entry = tuple(nid for nid in graph.nodes if not upstream[nid])
         return graph
 
     def _port(self, node: Node, key: str | None, kind: str, path: str) -> Port | None:
         if key is None:
             return None
-        ports = (node.ui.output_ports if kind == "output" else node.ui.input_ports) if node.ui else []
+        ui = node.ui
+        ports = (ui.output_ports if kind == "output" else ui.input_ports) if ui else []
         for port in ports:
             if port.key == key:
                 return port
@@ -204,9 +253,9 @@ class _Compiler:
 
     # --- nodes -----------------------------------------------------------------------------
 
-    def _node(self, node: Node, path: str) -> GraphNode | None:
+    def _node(self, node: Node, path: str, inherited: Injectable) -> GraphNode | None:
         if node.is_container:
-            return self._container(node, path)
+            return self._container(node, path, inherited)
         if node.container_config is not None:
             self.issue(f"{path}.containerConfig",
                        f"only {'workflow.container'!r} nodes take a containerConfig")
@@ -223,8 +272,9 @@ class _Compiler:
                 self.issue(f"{path}.package.version",
                            f"package {name!r} has no version {version!r}; installed: {versions}")
             else:
+                types = self.catalog.types(name, version)
                 self.issue(f"{path}.type", f"package {name}=={version} has no node type "
-                                           f"{node.type!r}; it provides {self.catalog.types(name, version)}")
+                                           f"{node.type!r}; it provides {types}")
             return None
         retry = node.retry
         gnode = GraphNode(
@@ -237,7 +287,7 @@ class _Compiler:
         )
         return gnode
 
-    def _container(self, node: Node, path: str) -> GraphNode | None:
+    def _container(self, node: Node, path: str, inherited: Injectable) -> GraphNode | None:
         cfg = node.container_config
         if cfg is None:
             self.issue(f"{path}.containerConfig", "a workflow.container node needs a "
@@ -252,6 +302,8 @@ class _Compiler:
             chain = " -> ".join([*self.compiling, cfg.subgraph_id])
             self.issue(f"{path}.containerConfig.subgraphId", f"subgraph cycle: {chain}")
             return None
+        if self.over_limit:
+            return None  # reported once by run()
         if len(self.compiling) >= self.limits.max_depth:
             self.issue(path, f"containers nested deeper than {self.limits.max_depth} levels")
             return None
@@ -262,21 +314,28 @@ class _Compiler:
                 self.issue(f"{path}.containerConfig.loop.condition", str(exc))
         definition, sub_path = self.subgraphs[cfg.subgraph_id]
         inner_ids = {n.id for n in definition.nodes}
-        for key in node.parameters:
+        for key, value in node.parameters.items():
             if key not in inner_ids:
                 self.issue(f"{path}.parameters.{key}",
                            f"container parameters are keyed by node id of subgraph "
                            f"{cfg.subgraph_id!r}; it has no node {key!r}")
-        injectable = frozenset(node.parameters) | frozenset(
-            seg for port in (node.ui.input_ports if node.ui else [])
-            for seg in self._container_targets(port)
-        )
+            elif not isinstance(value, dict):
+                self.issue(f"{path}.parameters.{key}",
+                           f"must be an object: the parameters given to node {key!r}")
+        injectable = inherited | {(key,) for key in node.parameters} | {
+            target for port in (node.ui.input_ports if node.ui else [])
+            if (target := self._container_target(node, port)) is not None
+        }
         # Subgraphs are compiled per container use: what a container injects differs.
         self.compiling.append(cfg.subgraph_id)
         try:
             sub = self._graph(definition, f"{sub_path}.definition", cfg.subgraph_id, injectable)
         finally:
             self.compiling.pop()
+        for key, value in node.parameters.items():
+            inner = sub.nodes.get(key)
+            if inner is not None and inner.spec is not None and isinstance(value, dict):
+                self._check_values(inner.spec, value, f"{path}.parameters.{key}")
         retry = cfg.retry
         return GraphNode(
             id=node.id, node=node, spec=None, subgraph=sub,
@@ -286,17 +345,22 @@ class _Compiler:
             loop=cfg.loop if cfg.loop is not None and cfg.loop.enabled else None,
         )
 
-    def _container_targets(self, port: Port) -> Iterable[str]:
+    def _container_target(self, node: Node, port: Port) -> tuple[str, ...] | None:
+        """Where an input port of a container writes into its parameters (None if nowhere)."""
         if port.binding is None:
-            return ()
+            return None
         try:
             path = parse_path(port.binding.path)
             scope = _scope(port.binding)
         except BindingPathError:
-            return ()
-        if scope is not None and scope.node_id:
-            return (scope.node_id,)
-        return (str(path.segments[0]),) if path.segments else ()
+            return None  # reported with the edge that uses the port
+        prefix: tuple[str, ...] = ()
+        if scope is not None and scope.kind == "subgraph":
+            resolved = self._resolve_scope(scope, node, None, {}, "", quiet=True)
+            if resolved is None:
+                return None
+            prefix = resolved[1]
+        return (*prefix, *(str(s) for s in path.segments))
 
     def _check_parameters(
         self, gnode: GraphNode, targets: set[BindingPath], path: str, injected: bool
@@ -308,12 +372,26 @@ class _Compiler:
         """
         spec = gnode.spec
         assert spec is not None
-        tp = spec.params_type
         params = gnode.node.parameters
-        if tp is None or not isinstance(tp, type) or not issubclass(tp, msgspec.Struct):
+        fields = self._check_values(spec, params, path)
+        if fields is None:
             return
         bound = {str(t.segments[0]) for t in targets if t.segments}
         whole = any(not t.segments for t in targets)
+        if whole or injected:
+            return
+        for name, field in fields.items():
+            if field.required and name not in params and name not in bound:
+                self.issue(path, f"node type {spec.type!r} requires parameter {name!r} "
+                                 "(set it, or bind it from an edge)")
+
+    def _check_values(
+        self, spec: NodeSpec, params: dict[str, Any], path: str
+    ) -> dict[str, msgspec.structs.FieldInfo] | None:
+        """Check each given parameter against the node's Struct; its fields (None: no Struct)."""
+        tp = spec.params_type
+        if tp is None or not isinstance(tp, type) or not issubclass(tp, msgspec.Struct):
+            return None
         fields = {f.encode_name: f for f in msgspec.structs.fields(tp)}
         forbid = getattr(tp.__struct_config__, "forbid_unknown_fields", False)
         for key, value in params.items():
@@ -326,13 +404,9 @@ class _Compiler:
             try:
                 msgspec.convert(value, field.type, strict=False)
             except msgspec.ValidationError as exc:
-                self.issue(f"{path}.{key}", _relocate(str(exc), f"{path}.{key}"))
-        if whole or injected:
-            return
-        for name, field in fields.items():
-            if field.required and name not in params and name not in bound:
-                self.issue(path, f"node type {spec.type!r} requires parameter {name!r} "
-                                 "(set it, or bind it from an edge)")
+                where, reason = _split_msgspec(str(exc))
+                self.issue(f"{path}.{key}{where[1:]}", reason)
+        return fields
 
     # --- edges and bindings ------------------------------------------------------------------
 
@@ -363,8 +437,9 @@ class _Compiler:
             if resolved is None:
                 return None
             source_node, prefix = resolved
-            source = BindingPath(source.root if not prefix else "results",
-                                 (*prefix, *source.segments))
+            # `@sub.#x` + `results.a` reads the container's results at x.a (x's results);
+            # + `parameters.a` reads what the container injects into x at a
+            source = BindingPath(source.root, (*prefix, *source.segments))
         if dst_scope is not None:
             resolved = self._resolve_scope(dst_scope, dst, wf, index, f"{epath}.target.port")
             if resolved is None:
@@ -376,12 +451,29 @@ class _Compiler:
                            f"{node_id!r}; an input can only write into its own node")
                 return None
             target = BindingPath("parameters", (*prefix, *target.segments))
+        cfg = dst.container_config
+        if dst.is_container and cfg is not None and target.segments:
+            definition = self.subgraphs.get(cfg.subgraph_id, (None, ""))[0]
+            first = str(target.segments[0])
+            if definition is not None and first not in {n.id for n in definition.nodes}:
+                self.issue(f"{epath}.target.port",
+                           f"input port {dst_port.key!r} of container {dst.id!r} writes "
+                           f"{target}, but container parameters are keyed by node id of "
+                           f"subgraph {cfg.subgraph_id!r}, which has no node {first!r}")
+                return None
         return DataBinding(edge=label, source_node=source_node, source=source, target=target)
 
     def _resolve_scope(
-        self, scope: ScopeRef, owner: Node, wf: Workflow, index: dict[str, int], path: str
+        self, scope: ScopeRef, owner: Node, wf: Workflow | None, index: dict[str, int],
+        path: str, *, quiet: bool = False,
     ) -> tuple[str, tuple[str, ...]] | None:
         """(node in this graph to read from or write to, path prefix inside its data)."""
+        if quiet:
+            self._quiet = True
+            try:
+                return self._resolve_scope(scope, owner, wf, index, path)
+            finally:
+                self._quiet = False
         if scope.kind == "local":
             if scope.node_id not in index:
                 self.issue(path, f"scope '#{scope.node_id}' names no node of this graph")
@@ -458,6 +550,7 @@ def _scope(binding: Binding) -> ScopeRef | None:
     return scope_from_parts(s.prefix or binding.prefix, s.kind, s.subgraph_aliases, s.node_id)
 
 
-def _relocate(message: str, path: str) -> str:
-    """msgspec says `- at `$...``; the issue already carries the path, so keep the reason."""
-    return _MSGSPEC_PATH.sub("", message).replace(" - at `$`", "")
+def _split_msgspec(message: str) -> tuple[str, str]:
+    """msgspec's `<reason> - at `$.a[0]`` as (`$.a[0]`, reason); `$` when it names no path."""
+    m = _MSGSPEC_PATH.search(message)
+    return (m.group(1), message[: m.start()]) if m else ("$", message)
