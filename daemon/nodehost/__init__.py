@@ -8,9 +8,10 @@ This module is the public API for node package authors; everything else is inter
 
     @package.node("acme.vision.detect", timeout=30)
     async def detect(ctx: Context, params: DetectParams) -> DetectResult: ...
-"""
 
-from __future__ import annotations
+Authors test their packages with the pytest plugin `nodehost.testing` (fixture
+`nodehost_host`); docs/writing-node-packages.md walks through writing one.
+"""
 
 from .errors import NodeError
 from .hookspecs import hookimpl

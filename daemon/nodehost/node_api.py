@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import math
 import re
+import types
 import typing
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
@@ -158,8 +159,8 @@ class NodeSpec:
     version: str
     type: str
     fn: NodeFunction
-    params_type: type | None
-    result_type: type | None
+    params_type: Any  # a Struct or another msgspec type; None for a plain dict
+    result_type: Any
     timeout: float | None = None
     retry: int = 1
     backoff: float = 0.0
@@ -176,19 +177,20 @@ class NodeSpec:
         return (self.package, self.version, self.type)
 
     def parameters_schema(self) -> dict[str, Any]:
-        """JSON Schema of the parameters (any object when the node takes a dict)."""
-        return self._schema("parameters", self.params_type)
+        """JSON Schema of the parameters (any object when the node takes a plain dict)."""
+        if "parameters" not in self._schemas:
+            self._schemas["parameters"] = _object_schema(self.params_type)
+        return self._schemas["parameters"]
 
     def results_schema(self) -> dict[str, Any]:
-        """JSON Schema of the results (any object when the node returns a dict)."""
-        return self._schema("results", self.result_type)
+        """JSON Schema of the results (any object when the node returns a plain dict).
 
-    def _schema(self, which: str, tp: type | None) -> dict[str, Any]:
-        if which not in self._schemas:
-            self._schemas[which] = (
-                msgspec.json.schema(tp) if tp is not None else {"type": "object"}
-            )
-        return self._schemas[which]
+        A function annotated to return something other than an object (`-> int`) has its
+        value published under the key `value`, and the schema says so.
+        """
+        if "results" not in self._schemas:
+            self._schemas["results"] = _object_schema(self.result_type, wrap=True)
+        return self._schemas["results"]
 
     def decode_params(self, params: dict[str, Any]) -> Any:
         """Parameters as the function wants them; msgspec.ValidationError if they do not fit."""
@@ -279,7 +281,7 @@ def _first_line(fn: Callable[..., Any]) -> str:
     return doc.splitlines()[0] if doc else ""
 
 
-def _signature_types(node_type: str, fn: Callable[..., Any]) -> tuple[type | None, type | None]:
+def _signature_types(node_type: str, fn: Callable[..., Any]) -> tuple[Any, Any]:
     sig = inspect.signature(fn)
     if len(sig.parameters) != 2:
         raise TypeError(f"node {node_type!r}: the function must take (ctx, params)")
@@ -288,14 +290,74 @@ def _signature_types(node_type: str, fn: Callable[..., Any]) -> tuple[type | Non
     except Exception as exc:  # an annotation that cannot be resolved
         raise TypeError(f"node {node_type!r}: cannot resolve annotations: {exc}") from exc
     params_name = list(sig.parameters)[1]
-    return _struct_or_none(hints.get(params_name)), _struct_or_none(hints.get("return"))
+    params_type = _typed_or_none(hints.get(params_name))
+    result_type = _typed_or_none(_without_none(hints.get("return")))
+    for which, tp, wrap in (("parameters", params_type, False), ("results", result_type, True)):
+        try:
+            _object_schema(tp, wrap=wrap)
+        except TypeError as exc:
+            raise TypeError(f"node {node_type!r}: {which}: {exc}") from None
+    return params_type, result_type
 
 
-def _struct_or_none(tp: Any) -> type | None:
-    """A Struct (or other msgspec-typed) annotation, or None for dict/Any/absent."""
+def _typed_or_none(tp: Any) -> Any:
+    """The annotation to validate against, or None for a plain dict, Any or nothing."""
     if tp is None or tp is Any or tp is type(None):
         return None
-    origin = typing.get_origin(tp) or tp
-    if origin is dict:
+    if tp is dict or (typing.get_origin(tp) is dict and typing.get_args(tp)[1:] in ((), (Any,))):
         return None
     return tp
+
+
+def _without_none(tp: Any) -> Any:
+    """`X | None` -> X: returning None always gives empty results `{}`."""
+    if tp is None or typing.get_origin(tp) not in (typing.Union, types.UnionType):
+        return tp
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if len(args) == len(typing.get_args(tp)):
+        return tp
+    return typing.Union[tuple(args)] if args else None  # noqa: UP007 - built at run time
+
+
+def _object_schema(tp: Any, *, wrap: bool = False) -> dict[str, Any]:
+    """The JSON Schema of an annotation that must describe a JSON object.
+
+    msgspec's own schema (a Struct is a `$ref` into `$defs`). Parameters are always an
+    object, so any other type is refused (TypeError); for results (`wrap`), another type
+    describes the value published under the key `value`, and the schema says so.
+    """
+    if tp is None:
+        return {"type": "object"}
+    try:
+        schema = msgspec.json.schema(tp)
+    except TypeError as exc:
+        message = str(exc).strip().splitlines()[-1]
+        raise TypeError(f"msgspec cannot describe {_type_name(tp)}: {message}") from None
+    defs = schema.get("$defs", {})
+    if _is_object(schema, defs):
+        return schema
+    if not wrap:
+        raise TypeError(
+            f"{_type_name(tp)} is not an object type: parameters are a JSON object, so "
+            "annotate them with a msgspec Struct (or a dict)"
+        )
+    inner = {k: v for k, v in schema.items() if k != "$defs"}
+    wrapped: dict[str, Any] = {
+        "type": "object", "properties": {"value": inner}, "required": ["value"],
+    }
+    if defs:
+        wrapped["$defs"] = defs
+    return wrapped
+
+
+def _is_object(schema: dict[str, Any], defs: dict[str, Any]) -> bool:
+    """Does the schema only admit JSON objects (a union of Structs counts)?"""
+    if "$ref" in schema:
+        return _is_object(defs[schema["$ref"].rsplit("/", 1)[1]], defs)
+    if "anyOf" in schema:
+        return all(_is_object(s, defs) for s in schema["anyOf"])
+    return schema.get("type") == "object"
+
+
+def _type_name(tp: Any) -> str:
+    return tp.__name__ if isinstance(tp, type) else repr(tp)

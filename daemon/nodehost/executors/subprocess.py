@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
@@ -173,13 +174,15 @@ class SubprocessExecutor:
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         if self.memory_limit_mb:
             env["NODEHOST_WORKER_MEMORY_MB"] = str(self.memory_limit_mb)
-        process = await anyio.open_process(
-            [self.python, "-m", "nodehost.executors.worker", *key],
-            env=env, start_new_session=True,
-        )
+        with anyio.CancelScope(shield=True):  # a process started is a process we must end
+            process = await anyio.open_process(
+                [self.python, "-m", "nodehost.executors.worker", *key],
+                env=env, start_new_session=True,
+            )
         self.started += 1
         worker = _Worker(process, key)
         try:
+            await anyio.lowlevel.checkpoint()  # cancelled while it started: end it below
             hello = await worker.receive()
         except _WorkerGone:
             with anyio.CancelScope(shield=True):
