@@ -1,0 +1,240 @@
+"""The engine with a journal: every call that changes state is recorded, and can be replayed.
+
+The engine is deterministic given its inputs, their timestamps and two counters (the event
+sequence and the dispatch sequence), so a record of each accepted call is enough to rebuild
+every run exactly after a restart, event ids and dispatch ids included. Records carry those
+counters, so history can be compacted (finished runs forgotten) without renumbering.
+
+Recovery = replay, then `resume()`: attempts that were running when the host went down
+are failed with E.HOST.RESTARTED (and retried if the node declared itself idempotent and has
+attempts left); ready nodes are handed back to the scheduler; backoffs and container
+timeouts are started again. No I/O here: `append` only buffers into the store.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from .engine import Dispatch, Engine, Ready, Timer, utc_now
+from .errors import Code, WorkflowInvalid
+from .graph import Graph
+from .model import ErrorInfo, RunOptions, Workflow
+from .runstate import Run, Task
+from .store import records as rec
+
+__all__ = ["JournaledEngine"]
+
+log = logging.getLogger(__name__)
+
+Compile = Callable[[Workflow], Graph]
+
+
+class JournaledEngine(Engine):
+    """An Engine whose accepted calls are appended to a journal through `append`."""
+
+    def __init__(self, *, append: Callable[[rec.Record], Any],
+                 clock: Callable[[], datetime] = utc_now, **kw: Any) -> None:
+        self._clock: datetime | None = None
+        self._wall = clock
+        super().__init__(now=self._now_for_call, **kw)
+        self._append = append
+        self._replaying = False
+
+    def _now_for_call(self) -> datetime:
+        return self._clock if self._clock is not None else self._wall()
+
+    def _begin(self) -> datetime:
+        """The timestamp of the call starting now (recorded, and used by the engine)."""
+        ts = self._clock = self._wall()
+        return ts
+
+    def _record(self, record: rec.Record) -> None:
+        if not self._replaying:
+            self._append(record)
+
+    # --- the calls that change state ---------------------------------------------------------
+
+    def submit(self, workflow: Workflow, graph: Graph, *, client_id: str, definition_hash: str,
+               tenant: str = "default", options: RunOptions | None = None,
+               run_id: str | None = None) -> Run:
+        ts, seq = self._begin(), self.event_seq
+        run = super().submit(workflow, graph, client_id=client_id,
+                             definition_hash=definition_hash, tenant=tenant, options=options,
+                             run_id=run_id)
+        self._record(rec.Submit(
+            ts, seq, run.run_id, tenant, client_id, msgspec.to_builtins(workflow),
+            definition_hash, msgspec.to_builtins(run.options),
+        ))
+        return run
+
+    def cancel_run(self, run_id: str, reason: str = "cancelled by request") -> bool:
+        ts, seq = self._begin(), self.event_seq
+        changed = super().cancel_run(run_id, reason)
+        if changed:
+            self._record(rec.CancelRun(ts, seq, run_id, reason))
+        return changed
+
+    def dispatch(self, task: Task) -> Dispatch | None:
+        ts, seq = self._begin(), self.event_seq
+        dispatch = super().dispatch(task)
+        if dispatch is not None:
+            self._record(rec.Dispatch(ts, seq, task.run.run_id, task.task_id,
+                                      self._dispatch_seq))
+        return dispatch
+
+    def complete(self, dispatch_id: str, result: dict[str, Any]) -> bool:
+        task = self._dispatches.get(dispatch_id)
+        ts, seq = self._begin(), self.event_seq
+        accepted = super().complete(dispatch_id, result)
+        if accepted and task is not None:
+            self._record(rec.Complete(ts, seq, task.run.run_id, dispatch_id, result))
+        return accepted
+
+    def fail(self, dispatch_id: str, error: ErrorInfo, *, retryable: bool = True) -> bool:
+        task = self._dispatches.get(dispatch_id)
+        ts, seq = self._begin(), self.event_seq
+        accepted = super().fail(dispatch_id, error, retryable=retryable)
+        if accepted and task is not None:
+            self._record(rec.Fail(ts, seq, task.run.run_id, dispatch_id, error.code,
+                                  error.message, error.details, retryable))
+        return accepted
+
+    def fire_timer(self, timer: Timer) -> None:
+        ts, seq = self._begin(), self.event_seq
+        before = len(self._effects)
+        super().fire_timer(timer)
+        if self.event_seq != seq or len(self._effects) != before:  # it was not stale
+            task = timer.task
+            self._record(rec.FireTimer(ts, seq, task.run.run_id, task.task_id, timer.kind,
+                                       timer.fence))
+
+    def _report(self, kind: str, dispatch_id: str, args: list[Any]) -> bool:
+        task = self._dispatches.get(dispatch_id)
+        ts, seq = self._begin(), self.event_seq
+        accepted = getattr(super(), f"report_{kind}")(dispatch_id, *args)
+        if accepted and task is not None:
+            self._record(rec.Report(ts, seq, task.run.run_id, dispatch_id, kind, args))
+        return accepted
+
+    def report_progress(self, dispatch_id: str, fraction: float | None, stage: str | None,
+                        message: str | None) -> bool:
+        return self._report("progress", dispatch_id, [fraction, stage, message])
+
+    def report_chunk(self, dispatch_id: str, channel: str, text: str | None, data: bytes | None,
+                     mime_type: str | None, terminal: bool,
+                     metadata: dict[str, Any] | None) -> bool:
+        return self._report("chunk", dispatch_id,
+                            [channel, text, data, mime_type, terminal, metadata])
+
+    def report_partial(self, dispatch_id: str, update: dict[str, Any]) -> bool:
+        return self._report("partial", dispatch_id, [update])
+
+    def report_metric(self, dispatch_id: str, name: str, value: float) -> bool:
+        return self._report("metric", dispatch_id, [name, value])
+
+    def report_artifact(self, dispatch_id: str, artifact: dict[str, Any]) -> bool:
+        return self._report("artifact", dispatch_id, [artifact])
+
+    def forget(self, run_ids: Iterable[str]) -> list[str]:
+        """Drop finished runs (retention); returns the ids actually dropped."""
+        dropped = [r for r in run_ids if r in self.runs and self.runs[r].final]
+        for run_id in dropped:
+            del self.runs[run_id]
+        if dropped:
+            ts = self._begin()
+            self._record(rec.Forget(ts, self.event_seq, dropped))
+        return dropped
+
+    # --- recovery --------------------------------------------------------------------------------
+
+    def replay(self, records: Iterable[rec.Record], compile: Compile) -> int:
+        """Apply journaled calls to this (empty) engine; returns how many were applied."""
+        self._replaying = True
+        applied = 0
+        try:
+            for record in records:
+                self._clock = record.ts
+                self.event_seq = record.seq
+                self._apply(record, compile)
+                self._effects.clear()
+                applied += 1
+        finally:
+            self._replaying = False
+            self._clock = None
+        return applied
+
+    def _apply(self, r: rec.Record, compile: Compile) -> None:
+        if isinstance(r, rec.Submit):
+            workflow = msgspec.convert(r.workflow, Workflow)
+            try:
+                graph = compile(workflow)
+            except WorkflowInvalid as exc:
+                log.error("run %s cannot be restored: its workflow no longer validates (%s)",
+                          r.run_id, "; ".join(str(i) for i in exc.issues[:3]))
+                return
+            Engine.submit(self, workflow, graph, client_id=r.client_id,
+                          definition_hash=r.definition_hash, tenant=r.tenant,
+                          options=msgspec.convert(r.options, RunOptions), run_id=r.run_id)
+        elif isinstance(r, rec.Dispatch):
+            run = self.runs.get(r.run_id)
+            if run is not None and r.task_id in run.tasks:
+                self._dispatch_seq = r.dispatch_seq - 1
+                Engine.dispatch(self, run.tasks[r.task_id])
+        elif isinstance(r, rec.Complete):
+            Engine.complete(self, r.dispatch_id, r.result)
+        elif isinstance(r, rec.Fail):
+            Engine.fail(self, r.dispatch_id, ErrorInfo(code=r.code, message=r.message,
+                                                       details=r.details),
+                        retryable=r.retryable)
+        elif isinstance(r, rec.FireTimer):
+            run = self.runs.get(r.run_id)
+            if run is not None and r.task_id in run.tasks:
+                Engine.fire_timer(self, Timer(0.0, r.kind, run.tasks[r.task_id],  # type: ignore[arg-type]
+                                              r.fence))
+        elif isinstance(r, rec.CancelRun):
+            Engine.cancel_run(self, r.run_id, r.reason)
+        elif isinstance(r, rec.Report):
+            getattr(Engine, f"report_{r.kind}")(self, r.dispatch_id, *r.args)
+        elif isinstance(r, rec.Forget):
+            for run_id in r.run_ids:
+                self.runs.pop(run_id, None)
+
+    def resume(self) -> dict[str, int]:
+        """After replay: settle what the restart interrupted and hand work to the scheduler.
+
+        Effects go to `take_effects()` as usual: Ready for queued work, timers for backoffs
+        and container timeouts (started afresh), and whatever failing the interrupted
+        attempts leads to (a retry, skipped downstreams, a finished run).
+        """
+        counts = {"interrupted": 0, "ready": 0, "backoff": 0, "containers": 0}
+        interrupted: list[Task] = []
+        for run in self.runs.values():
+            if run.final:
+                continue
+            for task in run.tasks.values():
+                if task.phase == "dispatched" and task.dispatch_id is not None:
+                    interrupted.append(task)
+                elif task.phase == "ready":
+                    counts["ready"] += 1
+                    self._effects.append(Ready(task))
+                elif task.phase == "backoff":
+                    counts["backoff"] += 1
+                    self._effects.append(Timer(0.0, "retry", task, task.attempt))
+                elif task.phase == "container" and task.g.timeout:
+                    counts["containers"] += 1
+                    self._effects.append(Timer(task.g.timeout, "timeout", task,
+                                               task.try_fence))
+        for task in interrupted:
+            counts["interrupted"] += 1
+            assert task.dispatch_id is not None
+            self.fail(task.dispatch_id, ErrorInfo(
+                code=Code.HOST_RESTARTED,
+                message="the host restarted while the node was running",
+                details={"idempotent": task.g.idempotent},
+            ), retryable=task.g.idempotent)
+        return counts

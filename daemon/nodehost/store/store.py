@@ -1,0 +1,219 @@
+"""The store: group commit of journal records, snapshots, and what recovery reads back.
+
+Records are appended synchronously from the event loop (no await in a state transition);
+`run()` writes them in batches from a worker thread, fdatasyncs once per batch, and wakes
+whoever waits in `wait_durable()`. A request is answered only after that.
+
+Failure policy: a full disk keeps the records in memory, marks the store `full` (new runs
+are refused with 507 while reads go on) and tries again; any other write or fsync error
+raises `StoreFailed` out of `run()`, which ends the process (a failed fsync is never
+retried: the kernel may have dropped the pages it reported on).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import anyio
+import anyio.to_thread
+import msgspec
+from anyio.abc import TaskStatus
+
+from ..errors import NodehostError
+from .journal import DiskFull, JournalWriter, read_journal
+from .records import Record, decode_record, encode_record
+from .snapshot import read_newest, write_snapshot
+
+__all__ = ["Recovered", "Store", "StoreFailed"]
+
+log = logging.getLogger(__name__)
+
+
+class StoreFailed(NodehostError):
+    """The journal could not be written (not for lack of space): the process must end."""
+
+
+@dataclass(slots=True)
+class Recovered:
+    """What start-up found on disk: snapshot records, then the journal tail."""
+
+    snapshot_lsn: int
+    records: list[Record]
+    seconds: float
+
+
+class Store:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        fsync: Literal["always", "batch"] = "batch",
+        batch_interval: float = 0.002,
+        segment_bytes: int = 64 << 20,
+        full_retry_interval: float = 1.0,
+    ) -> None:
+        self.directory = directory
+        self.fsync = fsync
+        self.batch_interval = batch_interval
+        self.full_retry_interval = full_retry_interval
+        self._segment_bytes = segment_bytes
+        self._writer: JournalWriter | None = None
+        self._wake = anyio.Event()
+        self._flushed = anyio.Event()
+        self.full = False
+        self.snapshot_lsn = 0
+        self.batches = 0
+        self.records_written = 0
+
+    @property
+    def journal_dir(self) -> Path:
+        return self.directory / "journal"
+
+    @property
+    def snapshot_dir(self) -> Path:
+        return self.directory / "snapshots"
+
+    # --- start-up ------------------------------------------------------------------------------
+
+    def open(self) -> Recovered:
+        """Read the newest valid snapshot and the journal after it; ready the writer.
+
+        Raises JournalCorrupt for damage that is not a torn tail.
+        """
+        started = time.perf_counter()
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        records: list[Record] = []
+        snapshot = read_newest(self.snapshot_dir)
+        lsn = 0
+        if snapshot is not None:
+            lsn, body = snapshot
+            records.extend(_unpack_snapshot(body))
+        self.snapshot_lsn = lsn
+        last = lsn
+        for record_lsn, payload in read_journal(self.journal_dir):
+            if record_lsn <= lsn:
+                continue  # already in the snapshot
+            records.append(decode_record(payload))
+            last = record_lsn
+        self._writer = JournalWriter(self.journal_dir, next_lsn=last + 1,
+                                     segment_bytes=self._segment_bytes)
+        return Recovered(lsn, records, time.perf_counter() - started)
+
+    # --- on the event loop -----------------------------------------------------------------
+
+    def append(self, record: Record) -> int:
+        """Buffer a record for the next batch; returns its lsn."""
+        writer = self._writer
+        assert writer is not None, "Store.open() first"
+        lsn = writer.append(encode_record(record))
+        if writer.pending == 1:
+            self._wake.set()
+        return lsn
+
+    @property
+    def last_lsn(self) -> int:
+        return self._writer.next_lsn - 1 if self._writer else 0
+
+    @property
+    def durable_lsn(self) -> int:
+        return self._writer.durable_lsn if self._writer else 0
+
+    async def wait_durable(self, lsn: int | None = None) -> None:
+        """Return once every record up to `lsn` (default: all appended so far) is durable."""
+        target = self.last_lsn if lsn is None else lsn
+        while self.durable_lsn < target:
+            await self._flushed.wait()
+
+    def statistics(self) -> dict[str, int]:
+        writer = self._writer
+        return {
+            "pending": writer.pending if writer else 0,
+            "durable_lsn": self.durable_lsn,
+            "batches": self.batches,
+            "records_written": self.records_written,
+            "full": int(self.full),
+        }
+
+    # --- the commit loop ---------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Write batches until cancelled; flushes what is pending on the way out."""
+        writer = self._writer
+        assert writer is not None, "Store.open() first"
+        task_status.started()
+        try:
+            while True:
+                if not writer.pending:
+                    self._wake = anyio.Event()
+                    await self._wake.wait()
+                if self.fsync == "batch" and self.batch_interval > 0:
+                    await anyio.sleep(self.batch_interval)  # let the batch fill up
+                await self._flush_once(writer)
+        finally:
+            with anyio.CancelScope(shield=True):
+                if writer.pending and not self.full:
+                    await self._flush_once(writer)
+
+    async def _flush_once(self, writer: JournalWriter) -> None:
+        batch = writer.take_batch()
+        if not batch[1]:
+            return
+        try:
+            await anyio.to_thread.run_sync(writer.write_batch, batch)
+        except DiskFull as exc:
+            writer.give_back(batch)
+            if not self.full:
+                log.error("%s: refusing new runs until there is space again", exc)
+            self.full = True
+            await anyio.sleep(self.full_retry_interval)
+            return
+        except OSError as exc:
+            log.critical("journal write failed, stopping: %s (nothing written after the last "
+                         "durable record will be kept)", exc)
+            raise StoreFailed(f"journal write failed: {exc}") from exc
+        if self.full:
+            log.warning("journal writable again: accepting new runs")
+            self.full = False
+        self.batches += 1
+        self.records_written += batch[1]
+        flushed, self._flushed = self._flushed, anyio.Event()
+        flushed.set()
+
+    # --- snapshots ----------------------------------------------------------------------------
+
+    async def snapshot(self, records: Callable[[], Iterator[Record]]) -> int:
+        """Write the retained history as a snapshot at the current lsn; drop older segments.
+
+        `records` is called on the event loop (a consistent view); encoding and writing
+        happen in a worker thread.
+        """
+        writer = self._writer
+        assert writer is not None
+        lsn = self.last_lsn
+        await self.wait_durable(lsn)
+        items = [encode_record(r) for r in records()]
+        body = _pack_snapshot(items)
+        previous = self.snapshot_lsn
+        await anyio.to_thread.run_sync(write_snapshot, self.snapshot_dir, lsn, body)
+        self.snapshot_lsn = lsn
+        # keep the segments the previous snapshot needs, in case the newest cannot be read
+        await anyio.to_thread.run_sync(writer.remove_before, previous + 1)
+        return lsn
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+def _pack_snapshot(items: list[bytes]) -> bytes:
+    return msgspec.msgpack.encode([msgspec.Raw(item) for item in items])
+
+
+def _unpack_snapshot(body: bytes) -> Iterator[Record]:
+    for raw in msgspec.msgpack.decode(body, type=list[msgspec.Raw]):
+        yield decode_record(bytes(raw))
