@@ -1,7 +1,8 @@
 """The `nodehost` command (tier 6).
 
 Exit codes: 0 the run succeeded (or the document is valid), 1 the run failed, 2 bad input
-(usage, config, an invalid document), 130 the run was cancelled (Ctrl-C or SIGTERM).
+(usage, config, an invalid document, an error answer from the daemon), 3 the daemon cannot
+be reached, 130 the run was cancelled (Ctrl-C or SIGTERM).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import anyio
 import click
 import msgspec
 from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
 
 from . import __version__
 from .config import Config, ConfigError, load_config
@@ -206,3 +209,305 @@ def _count_tasks(graph: Graph) -> int:
     """Nodes at every depth (a subgraph counts once per container that runs it)."""
     return sum(1 + (_count_tasks(g.subgraph) if g.subgraph is not None else 0)
                for g in graph.nodes.values())
+
+
+# --- the daemon, and commands that talk to it -----------------------------------------------
+
+EXIT_UNREACHABLE = 3
+
+_url_option = click.option(
+    "--url", default=None,
+    help="The daemon: unix:PATH, http://HOST:PORT or tcp://HOST:PORT (default: $NODEHOST_URL, "
+         "else client.url, else server.listen of the config). Token: $NODEHOST_TOKEN or "
+         "client.token_file.",
+)
+
+
+@main.command()
+@_config_option
+def serve(config_path: str | None) -> None:
+    """Run the daemon: the HTTP API on the configured socket, until SIGTERM or SIGINT.
+
+    The first signal stops admitting runs, lets running ones finish (server.drain_seconds),
+    closes event streams and exits 0; a second one stops without waiting for runs.
+    """
+    import logging
+
+    from .service import Daemon, StartError
+
+    config = _config(config_path)
+    logging.basicConfig(level=config.server.log_level.upper(),
+                        format="%(levelname)s %(name)s: %(message)s")
+    daemon = Daemon(config, _catalog(config, Console(stderr=True)))
+    try:
+        daemon.open()
+    except (ConfigError, StartError) as exc:
+        raise _Fail(str(exc)) from None
+    anyio.run(_serve, daemon)  # asyncio: uvicorn runs on nothing else
+
+
+async def _serve(daemon: Any) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with anyio.create_task_group() as tg:
+
+            async def stop_on_signal() -> None:
+                async for signum in signals:
+                    click.echo(f"nodehost: {signal.Signals(signum).name}, stopping", err=True)
+                    daemon.stop()
+
+            tg.start_soon(stop_on_signal)
+            await daemon.run()
+            tg.cancel_scope.cancel()
+
+
+def _with_client(config_path: str | None, url: str | None, call: Any) -> Any:
+    """Run `await call(client)`; API errors exit 2, an unreachable daemon exits 3."""
+    from .client import ApiFailure, Client, Unreachable, resolve_target, resolve_token
+
+    config = _config(config_path)
+    try:
+        target = resolve_target(config, url)
+        token = resolve_token(config)
+    except ConfigError as exc:
+        raise _Fail(str(exc)) from None
+
+    async def go() -> Any:
+        async with Client(target, token) as client:
+            return await call(client)
+
+    try:
+        return anyio.run(go)
+    except Unreachable as exc:
+        Console(stderr=True, highlight=False, soft_wrap=True).print(
+            f"[bold red]error:[/] {escape(str(exc))}")
+        sys.exit(EXIT_UNREACHABLE)
+    except ApiFailure as exc:
+        lines = [exc.message] + [f"  {d.get('path', '')}: {d.get('message', '')}"
+                                 for d in exc.details if isinstance(d, dict)]
+        raise _Fail(escape("\n".join(lines))) from None
+
+
+def _progress_screen(output: str) -> Console | None:
+    """Where live progress goes: stdout for humans; stderr, if a terminal, with -o json."""
+    if output != "json":
+        return Console(highlight=False, soft_wrap=True)
+    screen = Console(stderr=True, highlight=False, soft_wrap=True)
+    return screen if screen.is_terminal else None
+
+
+async def _watch(client: Any, run_id: str, output: str, reconnect_timeout: float) -> int:
+    from .client import count_nodes, watch_run
+
+    screen = _progress_screen(output)
+    view = RunView(screen, total=count_nodes(await client.definition(run_id))) \
+        if screen is not None else None
+    with view if view is not None else nullcontext():
+        summary = await watch_run(client, run_id, view.feed if view else lambda e: None,
+                                  reconnect_timeout=reconnect_timeout)
+    if output == "json":
+        sys.stdout.buffer.write(msgspec.json.encode(summary) + b"\n")
+    else:
+        print_summary(Console(highlight=False, soft_wrap=True), summary,
+                      summary.get("nodes") or [])
+    return {"succeeded": EXIT_OK, "cancelled": EXIT_CANCELLED}.get(summary["status"],
+                                                                    EXIT_FAILED)
+
+
+_reconnect_option = click.option(
+    "--reconnect-timeout", type=float, default=30.0, show_default=True,
+    help="Seconds to keep trying to reconnect to the event stream before giving up (exit 3).",
+)
+
+
+@main.command()
+@click.argument("workflow", type=click.Path(dir_okay=False, allow_dash=True))
+@_config_option
+@_url_option
+@_output_option
+@click.option("--watch", "-w", "follow", is_flag=True, help="Then watch it, like `watch`.")
+@click.option("--client-id", default=None, help="clientId of the run (default: the "
+              "document's, else 'cli').")
+@click.option("--idempotency-key", default=None,
+              help="Submitting again with the same key and document gives the same run.")
+@_reconnect_option
+def submit(workflow: str, config_path: str | None, url: str | None, output: str, follow: bool,
+           client_id: str | None, idempotency_key: str | None, reconnect_timeout: float
+           ) -> None:
+    """Submit WORKFLOW (a workflow or a run request, JSON) to the daemon; print the run id.
+
+    With --watch, exits like `watch`: 0 succeeded, 1 failed, 130 cancelled.
+    """
+    raw = _read(workflow)
+    try:
+        document = msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise _Fail(f"{workflow} is not valid JSON: {exc}") from None
+    if isinstance(document, dict) and "workflow" not in document:
+        document = {"workflow": document, "clientId": client_id or "cli"}
+    elif isinstance(document, dict) and client_id:
+        document["clientId"] = client_id
+    body = msgspec.json.encode(document)
+
+    async def call(client: Any) -> int:
+        ref = await client.submit(body, idempotency_key=idempotency_key)
+        if output != "json":
+            click.echo(ref["runId"])
+        elif not follow:
+            click.echo(msgspec.json.encode(ref))
+        if not follow:
+            return EXIT_OK
+        return await _watch(client, ref["runId"], output, reconnect_timeout)
+
+    sys.exit(_with_client(config_path, url, call))
+
+
+@main.command()
+@click.argument("run_id", metavar="RUN")
+@_config_option
+@_url_option
+@_output_option
+@_reconnect_option
+def watch(run_id: str, config_path: str | None, url: str | None, output: str,
+          reconnect_timeout: float) -> None:
+    """Follow RUN live (per-node progress and log lines) until it ends.
+
+    Exits 0 when it succeeded, 1 when it failed, 130 when it was cancelled.
+    """
+    sys.exit(_with_client(config_path, url,
+                          lambda client: _watch(client, run_id, output, reconnect_timeout)))
+
+
+@main.group()
+def runs() -> None:
+    """List, show and cancel the daemon's runs."""
+
+
+@runs.command("list")
+@_config_option
+@_url_option
+@_output_option
+@click.option("--status", type=click.Choice(["queued", "running", "succeeded", "failed",
+                                             "cancelled"]), default=None)
+@click.option("--client-id", default=None)
+@click.option("--limit", type=click.IntRange(1, 200), default=50, show_default=True,
+              help="Runs per page.")
+@click.option("--all", "every", is_flag=True, help="Follow the cursor through every page.")
+def runs_list(config_path: str | None, url: str | None, output: str, status: str | None,
+              client_id: str | None, limit: int, every: bool) -> None:
+    """List runs, oldest first."""
+
+    async def call(client: Any) -> dict[str, Any]:
+        page = await client.list_runs(limit=limit, status=status, client_id=client_id)
+        items = list(page["items"])
+        while every and page.get("nextCursor"):
+            page = await client.list_runs(limit=limit, status=status, client_id=client_id,
+                                          cursor=page["nextCursor"])
+            items.extend(page["items"])
+        return {"items": items, "nextCursor": page.get("nextCursor")}
+
+    listing = _with_client(config_path, url, call)
+    if output == "json":
+        click.echo(msgspec.json.encode(listing))
+        return
+    out = Console(highlight=False, soft_wrap=True)
+    if not listing["items"]:
+        out.print("no runs")
+    else:
+        table = Table(show_edge=False, pad_edge=False)
+        table.add_column("run", no_wrap=True, min_width=36)
+        for column in ("status", "client", "created"):
+            table.add_column(column)
+        for run in listing["items"]:
+            table.add_row(run["runId"], run["status"], escape(run["clientId"]),
+                          run.get("createdAt") or "")
+        out.print(table)
+    if listing.get("nextCursor"):
+        out.print("[dim]more runs: use --all, or --limit[/]")
+
+
+@runs.command("show")
+@click.argument("run_id", metavar="RUN")
+@_config_option
+@_url_option
+@_output_option
+def runs_show(run_id: str, config_path: str | None, url: str | None, output: str) -> None:
+    """Show RUN and its nodes."""
+
+    async def call(client: Any) -> dict[str, Any]:
+        return (await client.get_run(run_id))[0]
+
+    summary = _with_client(config_path, url, call)
+    if output == "json":
+        click.echo(msgspec.json.encode(summary))
+    else:
+        print_summary(Console(highlight=False, soft_wrap=True), summary,
+                      summary.get("nodes") or [])
+
+
+@runs.command("cancel")
+@click.argument("run_id", metavar="RUN")
+@_config_option
+@_url_option
+@_output_option
+def runs_cancel(run_id: str, config_path: str | None, url: str | None, output: str) -> None:
+    """Cancel RUN (exit 2 if it has already ended)."""
+
+    async def call(client: Any) -> dict[str, Any]:
+        return await client.cancel(run_id)
+
+    ref = _with_client(config_path, url, call)
+    if output == "json":
+        click.echo(msgspec.json.encode(ref))
+    else:
+        click.echo(f"run {ref['runId']} {ref['status']}")
+
+
+@main.command()
+@_config_option
+@_output_option
+def packages(config_path: str | None, output: str) -> None:
+    """List the installed node packages, their versions and node types.
+
+    Plugins that failed to load are listed under "not loaded" (`errors` with -o json), and
+    the command exits 1; two plugins registering the same node type exit 2, as `run` would.
+    """
+    config = _config(config_path)
+    host = PluginHost()
+    try:
+        reports = host.load_entry_points(allow=config.plugins.allow, deny=config.plugins.deny)
+    except PluginLoadError as exc:
+        raise _Fail(f"node packages conflict: {exc}") from None
+    listing = host.catalog.describe()
+    for entry in listing:
+        entry["executor"] = config.executors.kind_for(entry["name"])
+    errors = [{"plugin": r.plugin, "error": r.error} for r in reports if not r.ok]
+    skipped = [{"plugin": r.plugin, "reason": r.skipped} for r in reports if r.skipped]
+    if output == "json":
+        click.echo(msgspec.json.encode({"packages": listing, "errors": errors,
+                                        "skipped": skipped}))
+    else:
+        _print_packages(Console(highlight=False, soft_wrap=True), listing, errors, skipped)
+    sys.exit(EXIT_FAILED if errors else EXIT_OK)
+
+
+def _print_packages(out: Console, listing: list[dict[str, Any]], errors: list[dict[str, Any]],
+                    skipped: list[dict[str, Any]]) -> None:
+    if not listing:
+        out.print("no node packages installed", style="yellow")
+    for entry in listing:
+        out.print(f"{entry['name']} {entry['version']}", style="bold", markup=False, end="")
+        out.print(f"  ({entry['origin']}; runs {entry['executor']})", markup=False)
+        if entry["description"]:
+            out.print(f"  {entry['description']}", markup=False)
+        width = max((len(n["type"]) for n in entry["nodes"]), default=0)
+        for node in entry["nodes"]:
+            out.print(f"    {node['type']:<{width}}  {node['description']}".rstrip(),
+                      markup=False)
+    if errors:
+        out.print("\nnot loaded:", style="bold red")
+        for error in errors:
+            out.print(f"  {error['plugin']}: {error['error']}", markup=False)
+    if skipped:
+        out.print("\nskipped:", style="bold")
+        for skip in skipped:
+            out.print(f"  {skip['plugin']}: {skip['reason']}", markup=False)

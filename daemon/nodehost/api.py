@@ -1,0 +1,371 @@
+"""What each API endpoint does, without HTTP: admission, listing, cancel, events (tier 5).
+
+`http` maps requests onto a `DaemonApi` and its answers onto responses; the checks (who may
+see which run, idempotency, cursors, replay) live here, so they are the same whatever the
+transport. Every method is called on the event loop; the synchronous ones never wait.
+
+Acknowledgements wait for the `Store`: a run is answered 202 (and a cancel 202) only after
+`store.wait_durable()` returned, so the journal can be plugged in without touching `http`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import anyio
+import msgspec
+
+from . import __version__
+from .auth import Principal
+from .embedded import EmbeddedHost, prepare
+from .errors import WorkflowInvalid
+from .events import Envelope, Scope, Subscription
+from .idempotency import (
+    IdempotencyCache,
+    IdempotencyConflict,
+    body_fingerprint,
+    check_key,
+)
+from .model import RunRef, RunSummary
+from .runs_index import CursorError, Entry, RunsIndex
+from .runstate import run_ref, run_summary
+from .validate import decode_document
+
+__all__ = [
+    "ApiError",
+    "ApiSettings",
+    "DaemonApi",
+    "ErrorBody",
+    "EventStream",
+    "Health",
+    "IssueOut",
+    "NodeTypeInfo",
+    "NullStore",
+    "PackageInfo",
+    "PackageList",
+    "RunList",
+    "Store",
+]
+
+log = logging.getLogger(__name__)
+
+RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+MAX_LIMIT = 200
+DEFAULT_LIMIT = 50
+
+
+# --- wire documents of the API (the run documents are in model.py) ---------------------------
+
+
+class IssueOut(msgspec.Struct, omit_defaults=True):
+    """One problem: where (a JSON path, or the name of a parameter or header) and what."""
+
+    path: str
+    message: str
+
+
+class ErrorBody(msgspec.Struct, rename="camel", omit_defaults=True, kw_only=True):
+    """Every error answer: a short code, a sentence, the request id, the problems found."""
+
+    error: str
+    message: str
+    request_id: str
+    details: list[IssueOut] | None = None
+
+
+class RunList(msgspec.Struct, rename="camel", kw_only=True):
+    """A page of runs (without their nodes); `nextCursor` is null on the last page."""
+
+    items: list[RunSummary]
+    next_cursor: str | None
+
+
+class NodeTypeInfo(msgspec.Struct, rename="camel", kw_only=True):
+    type: str
+    description: str
+    timeout: float | None
+    retry: int  # attempts
+    idempotent: bool
+    parameters_schema: dict[str, Any]
+    results_schema: dict[str, Any]
+
+
+class PackageInfo(msgspec.Struct, rename="camel", kw_only=True):
+    name: str
+    version: str
+    origin: str | None
+    description: str
+    nodes: list[NodeTypeInfo]
+
+
+class PackageList(msgspec.Struct, rename="camel", kw_only=True):
+    packages: list[PackageInfo]
+
+
+class Health(msgspec.Struct, rename="camel", kw_only=True):
+    status: str  # "ok" | "stopping"
+    version: str
+
+
+class ApiError(Exception):
+    """An answer other than success: HTTP status, short code, message, problems."""
+
+    def __init__(self, status: int, error: str, message: str,
+                 details: list[IssueOut] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error
+        self.message = message
+        self.details = details
+        self.headers = headers or {}
+
+
+class Store(Protocol):
+    """Where acknowledged state is kept; `wait_durable` returns once all of it is on disk."""
+
+    async def wait_durable(self) -> None: ...
+
+
+class NullStore:
+    """No durability yet: everything is acknowledged at once."""
+
+    async def wait_durable(self) -> None:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class ApiSettings:
+    max_body_bytes: int = 32 * 1024 * 1024
+    heartbeat_seconds: float = 15.0
+    write_timeout_seconds: float = 30.0
+    idempotency_keys: int = 10_000
+    idempotency_ttl_seconds: float = 86_400.0
+
+
+@dataclass(slots=True)
+class EventStream:
+    """An open event subscription, and the `stream.reset` to send first (if any)."""
+
+    subscription: Subscription
+    reset: Envelope | None = None
+
+
+def _invalid(exc: WorkflowInvalid) -> ApiError:
+    issues = [IssueOut(i.path, i.message) for i in exc.issues]
+    return ApiError(400, "invalid_workflow",
+                    f"the workflow is invalid ({len(issues)} problem(s))", issues)
+
+
+def not_found(run_id: str) -> ApiError:
+    return ApiError(404, "not_found", f"run {run_id} not found")
+
+
+class DaemonApi:
+    """The daemon's API over one host. Construct it with the same `RunsIndex` the host's
+    `on_event` feeds (`EmbeddedHost(..., on_event=index.observe)`)."""
+
+    def __init__(self, host: EmbeddedHost, *, index: RunsIndex, replay_buffer: int,
+                 store: Store | None = None, settings: ApiSettings | None = None) -> None:
+        self.host = host
+        self.index = index
+        self.store: Store = store or NullStore()
+        self.settings = settings or ApiSettings()
+        self.idempotency = IdempotencyCache(max_keys=self.settings.idempotency_keys,
+                                            ttl=self.settings.idempotency_ttl_seconds)
+        self._replay_buffer = replay_buffer  # the bus's buffer size: what replay can reach
+        self.admitting = True
+        self.closing = False
+        self._stopping: anyio.Event | None = None
+        self.sse_open = 0
+        self.sse_stuck = 0
+        self._packages: bytes | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def stop_admitting(self) -> None:
+        """Refuse new runs (503); everything else goes on."""
+        self.admitting = False
+
+    def close(self) -> None:
+        """Stop admitting runs (503) and end every event stream."""
+        self.admitting = False
+        self.closing = True
+        if self._stopping is not None:
+            self._stopping.set()
+
+    async def wait_closing(self) -> None:
+        if self._stopping is None:
+            self._stopping = anyio.Event()
+            if self.closing:
+                self._stopping.set()
+        await self._stopping.wait()
+
+    def health(self) -> Health:
+        return Health(status="ok" if self.admitting else "stopping", version=__version__)
+
+    # --- runs ----------------------------------------------------------------------------------
+
+    def _entry(self, principal: Principal, run_id: str) -> Entry:
+        entry = self.index.get(principal.tenant, run_id)
+        if entry is None:
+            raise not_found(run_id)
+        return entry
+
+    async def start_run(self, principal: Principal, body: bytes,
+                        idempotency_key: str | None = None) -> tuple[RunRef, bool]:
+        """Admit a run request; (its RunRef, whether an earlier request already created it)."""
+        if not self.admitting:
+            raise ApiError(503, "shutting_down", "the daemon is shutting down; not admitting runs",
+                           headers={"Retry-After": "5"})
+        if idempotency_key is not None:
+            problem = check_key(idempotency_key)
+            if problem is not None:
+                raise ApiError(400, "invalid_request", problem,
+                               [IssueOut("Idempotency-Key", problem)])
+        limits = self.host.document_limits
+        try:
+            document = decode_document(body, dict, limits)
+        except WorkflowInvalid as exc:
+            raise _invalid(exc) from None
+        if not isinstance(document, dict):
+            raise ApiError(400, "invalid_workflow", "the request must be {workflow, clientId}",
+                           [IssueOut("$", "Expected `object`")])
+        if "workflow" not in document:
+            raise ApiError(400, "invalid_workflow", "the request must be {workflow, clientId}",
+                           [IssueOut("$", "Object missing required field `workflow`")])
+        tenant = principal.tenant
+        fingerprint = b""
+        if idempotency_key is not None:
+            fingerprint = body_fingerprint(document)
+            try:
+                earlier = self.idempotency.lookup(tenant, idempotency_key, fingerprint)
+            except IdempotencyConflict as exc:
+                raise ApiError(409, "idempotency_conflict", str(exc)) from None
+            if earlier is not None:
+                entry = self._entry(principal, earlier)
+                await self.store.wait_durable()
+                return run_ref(entry.run), True
+        try:
+            prepared = prepare(document, self.host.catalog, limits)
+        except WorkflowInvalid as exc:
+            raise _invalid(exc) from None
+        run = self.host.submit(prepared, tenant=tenant)
+        self.index.add(run, document["workflow"])
+        if idempotency_key is not None:
+            self.idempotency.remember(tenant, idempotency_key, fingerprint, run.run_id)
+        await self.store.wait_durable()
+        return run_ref(run), False
+
+    def list_runs(self, principal: Principal, *, limit: int = DEFAULT_LIMIT,
+                  cursor: str | None = None, status: str | None = None,
+                  client_id: str | None = None) -> RunList:
+        if not 1 <= limit <= MAX_LIMIT:
+            raise ApiError(400, "invalid_request", f"limit must be 1..{MAX_LIMIT}",
+                           [IssueOut("limit", f"must be an integer from 1 to {MAX_LIMIT}")])
+        if status is not None and status not in RUN_STATUSES:
+            message = f"must be one of {', '.join(RUN_STATUSES)}"
+            raise ApiError(400, "invalid_request", f"status {message}",
+                           [IssueOut("status", message)])
+        try:
+            page = self.index.page(principal.tenant, limit=limit, cursor=cursor, status=status,
+                                   client_id=client_id)
+        except CursorError as exc:
+            raise ApiError(400, "invalid_cursor", str(exc), [IssueOut("cursor", str(exc))]) \
+                from None
+        return RunList(items=[run_summary(r, nodes=False) for r in page.runs],
+                       next_cursor=page.next_cursor)
+
+    def get_run(self, principal: Principal, run_id: str) -> tuple[RunSummary, int]:
+        """The run with its nodes, and the event id it is current as of (for Last-Event-ID)."""
+        run = self._entry(principal, run_id).run
+        return run_summary(run), self.host.engine.event_seq
+
+    def definition(self, principal: Principal, run_id: str) -> tuple[dict[str, Any], str]:
+        """The workflow as submitted, each root node with its `state`; and its ETag."""
+        entry = self._entry(principal, run_id)
+        run = entry.run
+        workflow = dict(entry.workflow)
+        tasks = run.root.tasks
+        nodes = []
+        for node in workflow.get("nodes") or []:
+            task = tasks.get(node.get("id")) if isinstance(node, dict) else None
+            if task is not None:
+                node = {**node, "state": task.state_view()}
+            nodes.append(node)
+        workflow["nodes"] = nodes
+        etag = f'"{run.definition_hash}.{self.index.last_event_id(run_id)}"'
+        return workflow, etag
+
+    async def cancel_run(self, principal: Principal, run_id: str) -> RunRef:
+        run = self._entry(principal, run_id).run
+        if run.final:
+            raise ApiError(409, "run_finished", f"run {run_id} has already ended: {run.status}")
+        self.host.scheduler.cancel(run_id, "cancelled by request")
+        await self.store.wait_durable()
+        return run_ref(run)
+
+    # --- packages ------------------------------------------------------------------------------
+
+    def packages(self) -> bytes:
+        """GET /packages, encoded once (the catalog does not change while the daemon runs)."""
+        if self._packages is None:
+            listing = msgspec.convert(self.host.catalog.describe(), list[PackageInfo])
+            self._packages = msgspec.json.encode(PackageList(packages=listing))
+        return self._packages
+
+    # --- events --------------------------------------------------------------------------------
+
+    def open_events(self, principal: Principal, *, run_id: str | None = None,
+                    client_session_id: str | None = None,
+                    last_event_id: int | None = None) -> EventStream:
+        """Subscribe to what `principal` may see, filtered; replay after `last_event_id`.
+
+        If events after `last_event_id` are no longer buffered (or the id is from the
+        future, e.g. from before a restart), the stream starts with a `stream.reset` event
+        whose id is where the replay resumes: the client must refetch state over REST.
+        """
+        tenant = principal.tenant
+        if run_id is not None:
+            self._entry(principal, run_id)
+
+        def accept(envelope: Envelope) -> bool:
+            scope = envelope.scope
+            return (scope.tenant == tenant
+                    and (run_id is None or scope.run_id == run_id)
+                    and (client_session_id is None
+                         or scope.client_session_id == client_session_id))
+
+        # One synchronous step: the replay cutoff, the reset decision and the registration.
+        bus = self.host.bus
+        current = self.host.engine.event_seq
+        reset = None
+        after = last_event_id
+        if last_event_id is not None:
+            oldest = current - min(bus.published, self._replay_buffer) + 1
+            if last_event_id + 1 < oldest or last_event_id > current:
+                after = oldest - 1 if last_event_id < oldest else current
+                reset = Envelope(
+                    id=str(after),
+                    type="stream.reset",
+                    occurred_at=datetime.now(UTC),
+                    scope=Scope(tenant=tenant, run_id=run_id,
+                                client_session_id=client_session_id),
+                    data={
+                        "kind": "stream.reset",
+                        "lastEventId": str(last_event_id),
+                        "resumeAfter": str(after),
+                        "reason": "events after the given id are no longer buffered"
+                        if last_event_id < oldest else "the given id is newer than any event",
+                    },
+                )
+        subscription = bus.subscribe(accept, after=after)
+        return EventStream(subscription, reset)
+
+    def close_events(self, stream: EventStream) -> None:
+        self.host.bus.unsubscribe(stream.subscription)
+        stream.subscription.receive.close()
+

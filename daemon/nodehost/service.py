@@ -1,0 +1,285 @@
+"""The daemon: catalog, engine, scheduler, API and an embedded uvicorn in one task group
+(tier 6, the composition root; the only module importing uvicorn).
+
+`Daemon(config, catalog).open()` checks the configuration and binds the listener (so a bad
+setup fails before anything starts); `await daemon.run()` serves until `daemon.stop()`.
+uvicorn only runs on asyncio, so `run` does too; the app and the engine run anywhere.
+
+Stopping (SIGTERM/SIGINT in `nodehost serve`, or `stop()`): stop admitting runs (503), let
+running runs finish for up to `server.drain_seconds` (a second `stop()` cuts this short),
+end every event stream, stop uvicorn (open connections get `server.stop_timeout_seconds`),
+then cancel the scheduler and close the executors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import stat
+from collections.abc import Iterator
+
+import anyio
+import uvicorn
+from anyio.abc import TaskStatus
+
+from .api import ApiSettings, DaemonApi, NullStore, Store
+from .auth import Authenticator
+from .config import Config, ConfigError, Listen
+from .embedded import EmbeddedHost
+from .errors import NodehostError
+from .events import EventBus
+from .http import create_app
+from .plugins import Catalog
+from .runs_index import RunsIndex
+
+__all__ = ["Daemon", "StartError", "bind_unix", "systemd_sockets"]
+
+log = logging.getLogger(__name__)
+
+SD_LISTEN_FDS_START = 3
+MAX_UNIX_PATH = 107  # sun_path is 108 bytes with the NUL
+
+
+class StartError(NodehostError):
+    """The daemon cannot start (the socket is in use, a directory is unsafe, ...)."""
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn without its signal handlers: the daemon owns SIGTERM/SIGINT."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.ready = anyio.Event()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        self.ready.set()
+
+
+def systemd_sockets() -> list[socket.socket]:
+    """Sockets passed by systemd socket activation (LISTEN_FDS), if they are for us.
+
+    The variables are removed either way, so node subprocesses do not inherit them.
+    """
+    try:
+        if int(os.environ.get("LISTEN_PID", "0")) != os.getpid():
+            return []
+        count = int(os.environ.get("LISTEN_FDS", "0"))
+    except ValueError:
+        return []
+    finally:
+        for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+            os.environ.pop(name, None)
+    out = []
+    for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + count):
+        os.set_inheritable(fd, False)
+        out.append(socket.socket(fileno=fd))  # family and type detected from the fd
+    return out
+
+
+def bind_unix(path: str) -> socket.socket:
+    """A listening Unix socket at `path`, mode 0660, in a directory of mode 0750.
+
+    The directory is created if missing; an existing one must not be writable by others
+    nor owned by another user (but root). A stale socket file is replaced; one a live
+    daemon answers on is not.
+    """
+    if len(os.fsencode(path)) > MAX_UNIX_PATH:
+        raise StartError(f"socket path {path!r} is longer than {MAX_UNIX_PATH} bytes")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        try:
+            os.makedirs(directory, mode=0o750, exist_ok=True)
+            os.chmod(directory, 0o750)
+        except OSError as exc:
+            raise StartError(f"cannot create socket directory {directory!r}: "
+                             f"{exc.strerror}") from None
+    info = os.stat(directory)
+    if info.st_uid not in (os.getuid(), 0) or info.st_mode & stat.S_IWOTH:
+        raise StartError(f"socket directory {directory!r} is writable by others or owned by "
+                         f"uid {info.st_uid}; use a directory only this user controls")
+    if os.path.lexists(path):
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            raise StartError(f"{path!r} exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)  # stale: nobody listens on it
+        else:
+            raise StartError(f"another daemon is listening on {path!r}")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(path)
+    except OSError as exc:
+        sock.close()
+        raise StartError(f"cannot bind {path!r}: {exc.strerror}") from None
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o660)
+    sock.listen(128)
+    return sock
+
+
+def _bind_tcp(listen: Listen) -> socket.socket:
+    assert listen.host is not None and listen.port is not None
+    family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
+    try:
+        return socket.create_server((listen.host, listen.port), family=family, backlog=128)
+    except OSError as exc:
+        raise StartError(f"cannot listen on {listen}: {exc.strerror}") from None
+
+
+class Daemon:
+    """One nodehost daemon: open() it, run() it, stop() it."""
+
+    def __init__(self, config: Config, catalog: Catalog, *, store: Store | None = None,
+                 sockets: list[socket.socket] | None = None) -> None:
+        self.config = config
+        self.catalog = catalog
+        self.store = store or NullStore()
+        self._given_sockets = sockets
+        self._sockets: list[socket.socket] = []
+        self._unix_path: str | None = None
+        self._unix_inode: tuple[int, int] | None = None
+        self.address = ""
+        self.transport = "unix"
+        self.authenticator: Authenticator | None = None
+        self.api: DaemonApi | None = None
+        self.host: EmbeddedHost | None = None
+        self._stop = anyio.Event()
+        self._drain_scope: anyio.CancelScope | None = None
+        self._stops = 0
+
+    # --- start-up ------------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Check tokens and listener settings, then bind; ConfigError / StartError if not."""
+        config = self.config
+        tokens = config.auth.read_tokens()
+        sockets = self._given_sockets if self._given_sockets is not None else systemd_sockets()
+        if sockets:
+            families = {s.family for s in sockets}
+            self.transport = "unix" if families == {socket.AF_UNIX} else "tcp"
+            self.address = ", ".join(str(s.getsockname()) for s in sockets)
+        else:
+            listen = config.server.address()
+            self.transport = listen.kind
+            self.address = str(listen)
+        if self.transport == "tcp" and not tokens:
+            raise ConfigError(
+                f"listening on TCP ({self.address}) requires bearer tokens: add [[auth.tokens]] "
+                "to the config, or listen on a Unix socket")
+        if self.transport == "unix" and config.auth.require_token_on_socket and not tokens:
+            raise ConfigError("auth.require_token_on_socket is set but no [[auth.tokens]] "
+                              "are configured")
+        require = self.transport == "tcp" or config.auth.require_token_on_socket
+        self.authenticator = Authenticator(tokens, require_token=require)
+        state_dir = config.server.state_path()
+        try:
+            os.makedirs(state_dir, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise StartError(f"cannot create state directory {state_dir!r}: "
+                             f"{exc.strerror}") from None
+        if sockets:
+            self._sockets = list(sockets)
+            return
+        listen = config.server.address()
+        if listen.kind == "unix":
+            assert listen.path is not None
+            self._sockets = [bind_unix(listen.path)]
+            info = os.stat(listen.path)
+            self._unix_path, self._unix_inode = listen.path, (info.st_dev, info.st_ino)
+        else:
+            self._sockets = [_bind_tcp(listen)]
+            host, port = self._sockets[0].getsockname()[:2]
+            self.address = str(Listen("tcp", host=host, port=port))
+
+    # --- running -------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Serve until stop(); `task_status.started()` once requests are being answered."""
+        if self.authenticator is None:
+            self.open()
+        assert self.authenticator is not None
+        config = self.config
+        events = config.events
+        index = RunsIndex()
+        bus = EventBus(buffer=events.replay_buffer, subscriber_buffer=events.subscriber_buffer)
+        host = self.host = EmbeddedHost.from_config(self.catalog, config, bus=bus,
+                                                    on_event=index.observe)
+        api = self.api = DaemonApi(host, index=index, replay_buffer=events.replay_buffer,
+                                   store=self.store, settings=ApiSettings(
+                                       max_body_bytes=config.api.max_body_bytes,
+                                       heartbeat_seconds=events.heartbeat_seconds,
+                                       write_timeout_seconds=events.write_timeout_seconds,
+                                       idempotency_keys=config.api.idempotency_keys,
+                                       idempotency_ttl_seconds=config.api.idempotency_ttl_seconds,
+                                   ))
+        allowed = None
+        if self.transport == "tcp":
+            allowed = list(config.server.allowed_hosts)
+            listen = config.server.address()
+            if listen.host:
+                allowed.append(listen.host)
+        app = create_app(api, authenticator=self.authenticator, allowed_hosts=allowed)
+        server = _EmbeddedServer(uvicorn.Config(
+            app, http="h11", ws="none", lifespan="off", log_config=None,
+            access_log=config.server.access_log, proxy_headers=False, server_header=False,
+            timeout_graceful_shutdown=config.server.stop_timeout_seconds,  # type: ignore[arg-type]
+        ))
+        try:
+            async with host.running(), anyio.create_task_group() as tg:
+                tg.start_soon(server.serve, self._sockets)
+                await server.ready.wait()
+                log.info("nodehost listening on %s (%s)", self.address,
+                         "bearer tokens required" if self.authenticator.require_token
+                         else "socket permissions; tokens optional")
+                task_status.started()
+                await self._stop.wait()
+                await self._drain(api, host)
+                api.close()  # ends the event streams
+                server.should_exit = True
+        finally:
+            self._cleanup()
+        log.info("nodehost stopped")
+
+    async def _drain(self, api: DaemonApi, host: EmbeddedHost) -> None:
+        api.stop_admitting()  # reads and event streams go on while runs finish
+        active = [r.run_id for r in host.engine.runs.values() if not r.final]
+        seconds = self.config.server.drain_seconds
+        if not active or seconds <= 0 or self._stops > 1:
+            return
+        log.info("waiting up to %g s for %d run(s) to finish", seconds, len(active))
+        with anyio.move_on_after(seconds) as scope:
+            self._drain_scope = scope
+            async with anyio.create_task_group() as tg:
+                for run_id in active:
+                    tg.start_soon(host.scheduler.wait_run, run_id)
+        self._drain_scope = None
+
+    def stop(self) -> None:
+        """Ask the daemon to stop; asked again, it stops waiting for runs to finish."""
+        self._stops += 1
+        self._stop.set()
+        if self._stops > 1 and self._drain_scope is not None:
+            self._drain_scope.cancel()
+
+    def _cleanup(self) -> None:
+        for sock in self._sockets:
+            sock.close()
+        path = self._unix_path
+        if path is not None and self._unix_inode is not None:
+            with contextlib.suppress(OSError):
+                info = os.stat(path)
+                if (info.st_dev, info.st_ino) == self._unix_inode:
+                    os.unlink(path)
