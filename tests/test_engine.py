@@ -6,6 +6,7 @@ import random
 from typing import Any
 
 import pytest
+
 from builders import (
     Driver,
     Fail,
@@ -16,7 +17,6 @@ from builders import (
     port,
     workflow,
 )
-
 from nodehost.engine import Cancel, Engine, Ready, RunFinished, Timer
 from nodehost.model import ErrorInfo
 from nodehost.runstate import run_summary

@@ -15,7 +15,6 @@ from builders import (
     subgraph,
     workflow,
 )
-
 from nodehost.runstate import run_summary
 
 C = "wf::c::s"  # the frame id of container c (running subgraph s) at the root of "wf"

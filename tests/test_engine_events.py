@@ -6,6 +6,8 @@ from typing import Any
 
 import msgspec
 import pytest
+
+import nodehost.engine as engine_module
 from builders import (
     Driver,
     Fail,
@@ -16,8 +18,6 @@ from builders import (
     subgraph,
     workflow,
 )
-
-import nodehost.engine as engine_module
 from nodehost.events import EVENT_TYPES, Envelope, sse_frame
 
 C = "wf::c::s"

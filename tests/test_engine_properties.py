@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from builders import Driver, container, edge, node, subgraph, workflow
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from builders import Driver, container, edge, node, subgraph, workflow
 from nodehost.model import ErrorInfo
 
 

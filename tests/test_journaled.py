@@ -6,15 +6,15 @@ import random
 from typing import Any
 
 import msgspec
-from builders import CATALOG, Driver, compile_doc, edge, node, workflow
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_engine_properties import documents
 
+from builders import CATALOG, Driver, compile_doc, edge, node, workflow
 from nodehost.engine import Ready
 from nodehost.journaled import JournaledEngine
 from nodehost.runstate import run_summary
 from nodehost.store.records import decode_record, encode_record
+from test_engine_properties import documents
 
 
 class JournaledDriver(Driver):

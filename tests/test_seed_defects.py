@@ -9,6 +9,8 @@ from typing import Any
 
 import anyio
 import pytest
+
+import nodehost.engine as engine_module
 from builders import (
     CATALOG,
     Driver,
@@ -22,8 +24,6 @@ from builders import (
     subgraph,
     workflow,
 )
-
-import nodehost.engine as engine_module
 from nodehost.engine import Engine
 from nodehost.errors import WorkflowInvalid
 from nodehost.events import Envelope, EventBus

@@ -9,8 +9,8 @@ from typing import Any
 
 import anyio
 import pytest
-import subprocess_nodes
 
+import subprocess_nodes
 from nodehost import Context, Package
 from nodehost.embedded import EmbeddedHost
 from nodehost.events import Envelope

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import pytest
+
 from builders import (
     CATALOG,
     compile_doc,
@@ -17,7 +18,6 @@ from builders import (
     subgraph,
     workflow,
 )
-
 from nodehost.errors import Issue, WorkflowInvalid
 from nodehost.model import StartRunRequest, Workflow
 from nodehost.validate import (

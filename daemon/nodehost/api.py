@@ -349,6 +349,7 @@ class DaemonApi:
             if last_event_id + 1 < oldest or last_event_id > current:
                 after = oldest - 1 if last_event_id < oldest else current
                 reset = Envelope(
+                    version="v1",
                     id=str(after),
                     type="stream.reset",
                     occurred_at=datetime.now(UTC),

@@ -309,8 +309,10 @@ def _seed(summary: dict[str, Any], feed: Callable[[Envelope], None]) -> None:
     """Show the state a run summary holds, as node.state envelopes."""
     scope = Scope(tenant="-", run_id=summary.get("runId"))
     for node in summary.get("nodes") or []:
-        feed(Envelope(id="0", type="node.state", occurred_at=_EPOCH, scope=scope, data={
+        data = {
             "kind": "node.state", "runId": summary.get("runId"), "nodeId": node.get("nodeId"),
             "taskId": node.get("taskId"), "status": node.get("status"),
             "state": node.get("state") or {},
-        }))
+        }
+        feed(Envelope(version="v1", id="0", type="node.state", occurred_at=_EPOCH, scope=scope,
+                      data=data))

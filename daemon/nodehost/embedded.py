@@ -17,17 +17,17 @@ import anyio
 
 from .config import Config
 from .engine import Engine
-from .events import Envelope, EventBus
-from .node_api import NodeSpec
-from .model import RunOptions, StartRunRequest, Workflow
-from .plugins import Catalog
-from .runstate import Run
-from .scheduler import Scheduler, SchedulerLimits
 from .errors import Issue, WorkflowInvalid
+from .events import Envelope, EventBus
 from .executors import Executor
 from .executors.inprocess import InProcessExecutor
 from .executors.subprocess import SubprocessExecutor
 from .graph import Graph
+from .model import RunOptions, StartRunRequest, Workflow
+from .node_api import NodeSpec
+from .plugins import Catalog
+from .runstate import Run
+from .scheduler import Scheduler, SchedulerLimits
 from .validate import Limits, compile_workflow, decode_document, definition_hash
 
 __all__ = ["EmbeddedHost", "Prepared", "prepare"]

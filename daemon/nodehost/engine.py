@@ -171,6 +171,7 @@ class Engine:
     def _emit(self, run: Run, type: str, data: dict[str, Any]) -> None:
         self.event_seq += 1
         self._sink(Envelope(
+            version="v1",
             id=str(self.event_seq),
             type=type,
             occurred_at=self._ts,

@@ -35,9 +35,11 @@ class Scope(msgspec.Struct, rename="camel", omit_defaults=True, kw_only=True):
 
 
 class Envelope(msgspec.Struct, rename="camel", omit_defaults=True, kw_only=True):
-    """`{version, id, type, occurredAt, scope, replayed?, data}`; `data` is never mutated."""
+    """`{version, id, type, occurredAt, scope, replayed?, data}`; `data` is never mutated.
 
-    version: str = "v1"
+    `version` has no default so that it is always encoded (omit_defaults drops defaults)."""
+
+    version: str
     id: str
     type: str
     occurred_at: datetime

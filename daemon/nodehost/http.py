@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .api import ApiError, DaemonApi, ErrorBody, EventStream, IssueOut
 from .auth import Authenticator, AuthFailed, Principal
-from .events import Envelope
+from .events import sse_frame
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 from .openapi import PREFIX, openapi_document
@@ -47,18 +47,6 @@ _STATUS_ERRORS = {
     415: "unsupported_media_type", 503: "unavailable",
 }
 
-
-def sse_frame(envelope: Envelope) -> bytes:
-    """`id:` / `event:` / `data:` lines of an envelope, blank line included.
-
-    Like `events.sse_frame`, but `version` is always in the data: `Envelope` omits fields
-    equal to their default, and the seed's contract has `version: "v1"` in every envelope.
-    """
-    data = _encode(envelope)
-    if not data.startswith(b'{"version"'):
-        data = b'{"version":%s,%s' % (_encode(envelope.version), data[1:])
-    return b"id: %s\nevent: %s\ndata: %s\n\n" % (envelope.id.encode(), envelope.type.encode(),
-                                                   data)
 
 
 def _request_id(scope: Scope) -> str:
