@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any
 
+import anyio
 import msgspec
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -14,6 +17,7 @@ from nodehost.engine import Ready
 from nodehost.journaled import JournaledEngine
 from nodehost.runstate import run_summary
 from nodehost.store.records import decode_record, encode_record
+from nodehost.store.store import Store
 from test_engine_properties import documents
 
 
@@ -113,3 +117,59 @@ def test_event_ids_survive_compaction_of_forgotten_runs() -> None:
     assert list(engine.runs) == [second.run_id]
     originals = [e for e in d.envelopes if e.scope.run_id == second.run_id]
     assert [e.id for e in envelopes] == [e.id for e in originals]
+
+
+@pytest.mark.anyio
+async def test_compaction_keeps_retained_runs_and_bounds_the_history(tmp_path: Path) -> None:
+    """A snapshot drops forgotten runs' records; reopening replays only what is kept."""
+    store = Store(tmp_path, segment_bytes=4096)
+    store.open()
+    d = JournaledDriver()
+    d.engine._append = store.append
+    old = [d.submit(workflow([node("x"), node("y")], [edge("x", "y")])) for _ in range(20)]
+    d.run()
+    kept = d.submit(workflow([node("z")], []))
+    first_segment = tmp_path / "journal" / f"{1:020d}.journal"
+    async with anyio.create_task_group() as tg:
+        await tg.start(store.run)
+        d.engine.forget([r.run_id for r in old])
+        await store.compact()
+        assert first_segment.exists()  # the newest snapshot's fallback still needs it
+        d.advance(1)
+        d.submit(workflow([node("w")], []))
+        d.run()
+        d.engine.forget([r.run_id for r in d.engine.runs.values() if r.run_id != kept.run_id])
+        await store.compact()
+        tg.cancel_scope.cancel()
+    store.close()
+    assert not first_segment.exists()  # history before the previous snapshot is gone
+    again = Store(tmp_path)
+    recovered = again.open()
+    again.close()
+    assert {getattr(r, "run_id", None) for r in recovered.records} == {kept.run_id}
+    engine = JournaledEngine(append=lambda r: None)
+    engine.replay(recovered.records, lambda wf: compile_doc(msgspec.to_builtins(wf), CATALOG)[1])
+    assert state(engine) == {kept.run_id: state(d.engine)[kept.run_id]}
+
+
+def test_retention_forgets_old_and_surplus_finished_runs_only() -> None:
+    """Finished runs past max_age go, then the oldest beyond max_runs; active runs stay."""
+    from datetime import timedelta
+
+    from nodehost.recovery import Retention, runs_to_forget
+
+    d = JournaledDriver()
+    finished = []
+    for _ in range(4):
+        finished.append(d.submit(workflow([node("x")], [])))
+        d.run()
+        d.advance(3600)
+    active = d.submit(workflow([node("x")], []))
+    assert not active.final
+    now = d.now
+    by_age = runs_to_forget(d.engine.runs.values(), Retention(timedelta(hours=2.5), None), now)
+    assert by_age == [finished[0].run_id, finished[1].run_id]
+    by_count = runs_to_forget(d.engine.runs.values(), Retention(None, 1), now)
+    assert by_count == [r.run_id for r in finished[:3]]
+    assert active.run_id not in runs_to_forget(d.engine.runs.values(), Retention(None, 1),
+                                               now + timedelta(days=365))

@@ -11,6 +11,7 @@ Acknowledgements wait for the `Store`: a run is answered 202 (and a cancel 202) 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -31,7 +32,7 @@ from .idempotency import (
 )
 from .model import RunRef, RunSummary
 from .runs_index import CursorError, Entry, RunsIndex
-from .runstate import run_ref, run_summary
+from .runstate import Run, run_ref, run_summary
 from .validate import decode_document
 
 __all__ = [
@@ -186,6 +187,21 @@ class DaemonApi:
 
     # --- lifecycle -----------------------------------------------------------------------------
 
+    def restore(self, runs: Iterable[Run]) -> None:
+        """Index runs rebuilt from the journal, and the Idempotency-Keys they were sent with."""
+        for run in runs:
+            self.index.add(run, run.document if run.document is not None
+                           else msgspec.to_builtins(run.workflow))
+            meta = run.meta or {}
+            key, fingerprint = meta.get("idempotencyKey"), meta.get("fingerprint")
+            if isinstance(key, str) and isinstance(fingerprint, str):
+                self.idempotency.remember(run.tenant, key, bytes.fromhex(fingerprint),
+                                          run.run_id)
+
+    def forget(self, run_ids: Iterable[str]) -> None:
+        """Drop runs that retention removed from the engine."""
+        self.index.remove(run_ids)
+
     def stop_admitting(self) -> None:
         """Refuse new runs (503); everything else goes on."""
         self.admitting = False
@@ -221,6 +237,11 @@ class DaemonApi:
         if not self.admitting:
             raise ApiError(503, "shutting_down", "the daemon is shutting down; not admitting runs",
                            headers={"Retry-After": "5"})
+        if getattr(self.store, "full", False):
+            raise ApiError(507, "insufficient_storage",
+                           "the disk holding the journal is full: new runs are refused until "
+                           "there is space again; reads and running runs go on",
+                           headers={"Retry-After": "30"})
         if idempotency_key is not None:
             problem = check_key(idempotency_key)
             if problem is not None:
@@ -253,7 +274,10 @@ class DaemonApi:
             prepared = prepare(document, self.host.catalog, limits)
         except WorkflowInvalid as exc:
             raise _invalid(exc) from None
-        run = self.host.submit(prepared, tenant=tenant)
+        meta = None
+        if idempotency_key is not None:  # journaled with the run: kept across restarts
+            meta = {"idempotencyKey": idempotency_key, "fingerprint": fingerprint.hex()}
+        run = self.host.submit(prepared, tenant=tenant, meta=meta)
         self.index.add(run, document["workflow"])
         if idempotency_key is not None:
             self.idempotency.remember(tenant, idempotency_key, fingerprint, run.run_id)

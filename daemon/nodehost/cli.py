@@ -30,6 +30,7 @@ from .graph import Graph
 from .model import RunOptions
 from .plugins import Catalog, PluginHost
 from .runstate import Run, run_summary
+from .store.store import StoreFailed
 
 __all__ = ["main"]
 
@@ -42,7 +43,8 @@ class _Fail(click.ClickException):
     exit_code = EXIT_USAGE
 
     def show(self, file: Any = None) -> None:
-        Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {self.message}")
+        console = Console(stderr=True, highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(self.message)}")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -243,7 +245,14 @@ def serve(config_path: str | None) -> None:
         daemon.open()
     except (ConfigError, StartError) as exc:
         raise _Fail(str(exc)) from None
-    anyio.run(_serve, daemon)  # asyncio: uvicorn runs on nothing else
+    try:
+        anyio.run(_serve, daemon)  # asyncio: uvicorn runs on nothing else
+    except BaseExceptionGroup as group:
+        failed = group.subgroup(StoreFailed)
+        if failed is None:
+            raise
+        # logged already; exit non-zero so that systemd restarts us on what is durable
+        raise SystemExit(f"nodehost: stopped: {failed.exceptions[0]}") from None
 
 
 async def _serve(daemon: Any) -> None:

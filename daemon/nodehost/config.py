@@ -219,6 +219,19 @@ class ClientConfig(_Section):
     token_file: str | None = None
 
 
+class JournalConfig(_Section):
+    fsync: Literal["always", "batch"] = "batch"
+    batch_interval_ms: Annotated[float, Meta(ge=0, le=1_000)] = 2.0
+    segment_mb: Annotated[int, Meta(ge=1, le=4_096)] = 64
+    snapshot_every_records: Annotated[int, Meta(ge=100)] = 200_000
+
+
+class RetentionConfig(_Section):
+    max_age_days: Annotated[float, Meta(gt=0)] | None = 30.0
+    max_runs: Positive | None = 10_000
+    check_interval_seconds: PositiveSeconds = 60.0
+
+
 class Config(_Section):
     scheduler: SchedulerConfig = msgspec.field(default_factory=SchedulerConfig)
     executors: ExecutorsConfig = msgspec.field(default_factory=ExecutorsConfig)
@@ -229,6 +242,8 @@ class Config(_Section):
     events: EventsConfig = msgspec.field(default_factory=EventsConfig)
     auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
     client: ClientConfig = msgspec.field(default_factory=ClientConfig)
+    journal: JournalConfig = msgspec.field(default_factory=JournalConfig)
+    retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
 
 
 class ConfigError(NodehostError):

@@ -42,6 +42,7 @@ class Prepared:
     request: StartRunRequest
     graph: Graph
     definition_hash: str
+    document: dict[str, Any] | None = None  # the workflow as sent, UI and unknown fields kept
 
 
 def prepare(
@@ -54,6 +55,7 @@ def prepare(
     (`$.workflow.nodes[1].id` in a request, `$.nodes[1].id` in a bare workflow).
     """
     at = "$.workflow"
+    document: dict[str, Any] | None = None
     if isinstance(data, StartRunRequest):
         request = data
     else:
@@ -62,9 +64,11 @@ def prepare(
         probe = decode_document(data, dict, limits) if isinstance(data, bytes) else data
         if isinstance(probe, dict) and "workflow" in probe and "nodes" not in probe:
             request = decode_document(probe, StartRunRequest, limits)
+            document = probe["workflow"]
         else:
             request = StartRunRequest(workflow=decode_document(probe, Workflow, limits),
                                       client_id="cli")
+            document = probe
             at = "$"
     try:
         graph = compile_workflow(request.workflow, catalog, limits)
@@ -73,7 +77,7 @@ def prepare(
             raise
         raise WorkflowInvalid([Issue(at + issue.path[1:], issue.message)
                                for issue in exc.issues]) from None
-    return Prepared(request, graph, definition_hash(request.workflow))
+    return Prepared(request, graph, definition_hash(request.workflow), document)
 
 
 class EmbeddedHost:
@@ -89,6 +93,7 @@ class EmbeddedHost:
         on_event: Callable[[Envelope], None] | None = None,
         executor_for: Callable[[NodeSpec], Executor] | None = None,
         closers: list[Callable[[], Awaitable[None]]] | None = None,
+        engine_factory: Callable[..., Engine] = Engine,
     ) -> None:
         self.catalog = catalog
         self.document_limits = document_limits or Limits()
@@ -103,7 +108,7 @@ class EmbeddedHost:
                     on_event(envelope)
                 except Exception:  # an observer must never break a state transition
                     log.exception("event observer failed on envelope %s", envelope.id)
-        self.engine = Engine(sink=sink)
+        self.engine = engine_factory(sink=sink)
         self.scheduler = Scheduler(self.engine, limits=limits, executor_for=executor_for)
         self._closers = list(closers or [])
 
@@ -142,8 +147,13 @@ class EmbeddedHost:
         *,
         tenant: str = "default",
         options: RunOptions | None = None,
+        meta: dict[str, Any] | None = None,
     ) -> Run:
-        """Check, compile and start a run; raises WorkflowInvalid for a bad document."""
+        """Check, compile and start a run; raises WorkflowInvalid for a bad document.
+
+        `meta` is kept with the run (and journaled with it): what the API needs to
+        remember about the submission, such as its Idempotency-Key.
+        """
         if not isinstance(document, Prepared):
             document = prepare(document, self.catalog, self.document_limits)
         request = document.request
@@ -154,6 +164,8 @@ class EmbeddedHost:
             definition_hash=document.definition_hash,
             tenant=tenant,
             options=options or request.options,
+            document=document.document,
+            meta=meta,
         )
 
     async def run(self, document: Prepared | StartRunRequest | bytes | str | dict[str, Any],

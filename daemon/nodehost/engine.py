@@ -248,8 +248,13 @@ class Engine:
         tenant: str = "default",
         options: RunOptions | None = None,
         run_id: str | None = None,
+        document: dict[str, Any] | None = None,
+        meta: dict[str, Any] | None = None,
     ) -> Run:
-        """Create a run and make its entry nodes ready."""
+        """Create a run and make its entry nodes ready.
+
+        `document` is the workflow as it was sent (kept for GET definition), `meta` what
+        the caller wants remembered with the run; the engine reads neither."""
         self._ts = self._now()
         run_id = run_id or str(uuid.uuid4())
         if run_id in self.runs:
@@ -259,6 +264,8 @@ class Engine:
             definition_hash=definition_hash, options=options or RunOptions(),
             created_at=self._ts,
         )
+        run.document = document
+        run.meta = meta
         self.runs[run_id] = run
         self._emit_run_status(run)
         self._emit_snapshot(run)

@@ -61,14 +61,16 @@ class JournaledEngine(Engine):
 
     def submit(self, workflow: Workflow, graph: Graph, *, client_id: str, definition_hash: str,
                tenant: str = "default", options: RunOptions | None = None,
-               run_id: str | None = None) -> Run:
+               run_id: str | None = None, document: dict[str, Any] | None = None,
+               meta: dict[str, Any] | None = None) -> Run:
         ts, seq = self._begin(), self.event_seq
         run = super().submit(workflow, graph, client_id=client_id,
                              definition_hash=definition_hash, tenant=tenant, options=options,
-                             run_id=run_id)
+                             run_id=run_id, document=document, meta=meta)
         self._record(rec.Submit(
-            ts, seq, run.run_id, tenant, client_id, msgspec.to_builtins(workflow),
-            definition_hash, msgspec.to_builtins(run.options),
+            ts, seq, run.run_id, tenant, client_id,
+            document if document is not None else msgspec.to_builtins(workflow),
+            definition_hash, msgspec.to_builtins(run.options), meta,
         ))
         return run
 
@@ -179,7 +181,8 @@ class JournaledEngine(Engine):
                 return
             Engine.submit(self, workflow, graph, client_id=r.client_id,
                           definition_hash=r.definition_hash, tenant=r.tenant,
-                          options=msgspec.convert(r.options, RunOptions), run_id=r.run_id)
+                          options=msgspec.convert(r.options, RunOptions), run_id=r.run_id,
+                          document=r.workflow, meta=r.meta)
         elif isinstance(r, rec.Dispatch):
             run = self.runs.get(r.run_id)
             if run is not None and r.task_id in run.tasks:

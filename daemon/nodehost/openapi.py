@@ -30,6 +30,7 @@ _ERRORS = {
     "413": "The request body is larger than the configured limit.",
     "415": "The request body must be application/json.",
     "503": "The daemon is shutting down.",
+    "507": "The disk holding the journal is full: new runs are refused, reads go on.",
 }
 
 
@@ -96,7 +97,7 @@ def openapi_document() -> dict[str, Any]:
                     "application/json": {"schema": _ref("StartRunRequest")}}},
                 "responses": _responses(
                     {"202": _ok("The run was admitted (durably).", _ref("RunRef"))},
-                    "400", "409", "413", "415", "503"),
+                    "400", "409", "413", "415", "503", "507"),
             },
             "get": {
                 "operationId": "listRuns",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import bisect
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -105,6 +106,19 @@ class RunsIndex:
             keys.append(key)
         else:  # the wall clock went back: keep the order anyway
             bisect.insort(keys, key)
+
+    def remove(self, run_ids: Iterable[str]) -> None:
+        """Forget runs (retention); their keys leave the listing order too."""
+        for run_id in run_ids:
+            entry = self._entries.pop(run_id, None)
+            self._last_event.pop(run_id, None)
+            if entry is None:
+                continue
+            keys = self._keys.get(entry.run.tenant, [])
+            key = (entry.run.created_at, run_id)
+            i = bisect.bisect_left(keys, key)
+            if i < len(keys) and keys[i] == key:
+                del keys[i]
 
     def get(self, tenant: str, run_id: str) -> Entry | None:
         """The run if it exists and belongs to `tenant` (else None: the caller says 404)."""

@@ -121,9 +121,9 @@ class Frame:
 
 class Run:
     __slots__ = (
-        "cancel_reason", "client_id", "created_at", "definition_hash", "error", "finished_at",
-        "frames", "graph", "options", "root", "run_id", "started_at", "status", "tasks",
-        "tenant", "workflow",
+        "cancel_reason", "client_id", "created_at", "definition_hash", "document", "error",
+        "finished_at", "frames", "graph", "meta", "options", "root", "run_id", "started_at",
+        "status", "tasks", "tenant", "workflow",
     )
 
     def __init__(
@@ -151,6 +151,8 @@ class Run:
         self.finished_at: datetime | None = None
         self.error: ErrorInfo | None = None
         self.cancel_reason: str | None = None
+        self.document: dict[str, Any] | None = None  # the workflow as sent
+        self.meta: dict[str, Any] | None = None  # what the submitter keeps with the run
         self.tasks: dict[str, Task] = {}
         self.frames: dict[str, Frame] = {}
         self.root = Frame(self, graph, graph.id, None)

@@ -178,7 +178,7 @@ class Scheduler:
             self._tg = tg
             self._closing = False
             task_status.started()
-            self._pump()  # runs submitted before the scheduler started
+            self._step()  # runs submitted (or recovered) before the scheduler started
             try:
                 await self._timer_loop()
             finally:
@@ -209,11 +209,13 @@ class Scheduler:
         tenant: str = "default",
         options: RunOptions | None = None,
         run_id: str | None = None,
+        document: dict[str, Any] | None = None,
+        meta: dict[str, Any] | None = None,
     ) -> Run:
         """Create a run and start its entry nodes."""
         run = self.engine.submit(
             workflow, graph, client_id=client_id, definition_hash=definition_hash,
-            tenant=tenant, options=options, run_id=run_id,
+            tenant=tenant, options=options, run_id=run_id, document=document, meta=meta,
         )
         self._finished.setdefault(run.run_id, anyio.Event())
         self._step()

@@ -18,7 +18,9 @@ import logging
 import os
 import socket
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
 
 import anyio
 import uvicorn
@@ -28,11 +30,17 @@ from .api import ApiSettings, DaemonApi, NullStore, Store
 from .auth import Authenticator
 from .config import Config, ConfigError, Listen
 from .embedded import EmbeddedHost
+from .engine import Engine, utc_now
 from .errors import NodehostError
-from .events import EventBus
+from .events import Envelope, EventBus
 from .http import create_app
+from .journaled import JournaledEngine
 from .plugins import Catalog
+from .recovery import RecoveryReport, Retention, recover, runs_to_forget
 from .runs_index import RunsIndex
+from .store.journal import JournalCorrupt
+from .store.store import Recovered
+from .store.store import Store as Journal
 
 __all__ = ["Daemon", "StartError", "bind_unix", "systemd_sockets"]
 
@@ -146,7 +154,12 @@ class Daemon:
                  sockets: list[socket.socket] | None = None) -> None:
         self.config = config
         self.catalog = catalog
-        self.store = store or NullStore()
+        # without a store given, the journal in the state directory (opened by open())
+        self.journal: Journal | None = None
+        self.store: Store = store or NullStore()
+        self._journaled = store is None
+        self._recovered: Recovered | None = None
+        self.recovery: RecoveryReport | None = None
         self._given_sockets = sockets
         self._sockets: list[socket.socket] = []
         self._unix_path: str | None = None
@@ -190,6 +203,8 @@ class Daemon:
         except OSError as exc:
             raise StartError(f"cannot create state directory {state_dir!r}: "
                              f"{exc.strerror}") from None
+        if self._journaled and self.journal is None:
+            self._open_journal(Path(state_dir))
         if sockets:
             self._sockets = list(sockets)
             return
@@ -204,6 +219,19 @@ class Daemon:
             host, port = self._sockets[0].getsockname()[:2]
             self.address = str(Listen("tcp", host=host, port=port))
 
+    def _open_journal(self, state_dir: Path) -> None:
+        cfg = self.config.journal
+        journal = Journal(state_dir / "store", fsync=cfg.fsync,
+                          batch_interval=cfg.batch_interval_ms / 1000,
+                          segment_bytes=cfg.segment_mb << 20)
+        try:
+            self._recovered = journal.open()
+        except JournalCorrupt as exc:
+            raise StartError(str(exc)) from None
+        except OSError as exc:
+            raise StartError(f"cannot read the state in {state_dir}: {exc}") from None
+        self.journal = self.store = journal
+
     # --- running -------------------------------------------------------------------------------
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -215,8 +243,14 @@ class Daemon:
         events = config.events
         index = RunsIndex()
         bus = EventBus(buffer=events.replay_buffer, subscriber_buffer=events.subscriber_buffer)
+        journal = self.journal
+        engine_factory: Callable[..., Engine] = Engine
+        if journal is not None:
+            def engine_factory(sink: Callable[[Envelope], None]) -> Engine:
+                return JournaledEngine(append=journal.append, sink=sink)
         host = self.host = EmbeddedHost.from_config(self.catalog, config, bus=bus,
-                                                    on_event=index.observe)
+                                                    on_event=index.observe,
+                                                    engine_factory=engine_factory)
         api = self.api = DaemonApi(host, index=index, replay_buffer=events.replay_buffer,
                                    store=self.store, settings=ApiSettings(
                                        max_body_bytes=config.api.max_body_bytes,
@@ -231,6 +265,12 @@ class Daemon:
             listen = config.server.address()
             if listen.host:
                 allowed.append(listen.host)
+        if journal is not None and self._recovered is not None:
+            assert isinstance(host.engine, JournaledEngine)
+            self.recovery = recover(host.engine, self._recovered, self.catalog,
+                                    host.document_limits)
+            self._recovered = None  # the records are in the engine now
+            api.restore(host.engine.runs.values())
         app = create_app(api, authenticator=self.authenticator, allowed_hosts=allowed)
         server = _EmbeddedServer(uvicorn.Config(
             app, http="h11", ws="none", lifespan="off", log_config=None,
@@ -238,20 +278,49 @@ class Daemon:
             timeout_graceful_shutdown=config.server.stop_timeout_seconds,  # type: ignore[arg-type]
         ))
         try:
-            async with host.running(), anyio.create_task_group() as tg:
-                tg.start_soon(server.serve, self._sockets)
-                await server.ready.wait()
-                log.info("nodehost listening on %s (%s)", self.address,
-                         "bearer tokens required" if self.authenticator.require_token
-                         else "socket permissions; tokens optional")
-                task_status.started()
-                await self._stop.wait()
-                await self._drain(api, host)
-                api.close()  # ends the event streams
-                server.should_exit = True
+            async with anyio.create_task_group() as keeper:
+                if journal is not None:
+                    # started first and stopped last: it flushes what the host records last
+                    await keeper.start(journal.run)
+                    keeper.start_soon(self._maintain, journal, host, api)
+                try:
+                    async with host.running(), anyio.create_task_group() as tg:
+                        tg.start_soon(server.serve, self._sockets)
+                        await server.ready.wait()
+                        log.info("nodehost listening on %s (%s)", self.address,
+                                 "bearer tokens required" if self.authenticator.require_token
+                                 else "socket permissions; tokens optional")
+                        task_status.started()
+                        await self._stop.wait()
+                        await self._drain(api, host)
+                        api.close()  # ends the event streams
+                        server.should_exit = True
+                finally:
+                    keeper.cancel_scope.cancel()
         finally:
             self._cleanup()
+            if journal is not None:
+                journal.close()
         log.info("nodehost stopped")
+
+    async def _maintain(self, journal: Journal, host: EmbeddedHost, api: DaemonApi) -> None:
+        """Apply retention and write snapshots, so history and recovery time stay bounded."""
+        cfg = self.config.retention
+        retention = Retention(
+            max_age=timedelta(days=cfg.max_age_days) if cfg.max_age_days else None,
+            max_runs=cfg.max_runs,
+        )
+        engine = host.engine
+        assert isinstance(engine, JournaledEngine)
+        every = self.config.journal.snapshot_every_records
+        while True:
+            dropped = engine.forget(runs_to_forget(engine.runs.values(), retention, utc_now()))
+            if dropped:
+                api.forget(dropped)
+                log.info("retention: forgot %d finished run(s)", len(dropped))
+            if journal.records_since_snapshot >= every:
+                await journal.compact()
+            await anyio.sleep(cfg.check_interval_seconds)
 
     async def _drain(self, api: DaemonApi, host: EmbeddedHost) -> None:
         api.stop_admitting()  # reads and event streams go on while runs finish

@@ -537,7 +537,7 @@ def _find_cycle(stuck: set[str], upstream: dict[str, list[str]]) -> list[str]:
     while True:
         node = min(up for up in upstream[node] if up in stuck)
         if node in pos:
-            cycle = walk[pos[node]:] + [node]
+            cycle = [*walk[pos[node]:], node]
             return list(reversed(cycle))
         pos[node] = len(walk)
         walk.append(node)

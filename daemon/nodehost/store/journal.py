@@ -14,6 +14,7 @@ The blocking calls here are made from a worker thread by the store, never the ev
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import os
 import re
@@ -93,7 +94,8 @@ def _any_valid_frame_after(data: bytes, offset: int) -> int | None:
     return None
 
 
-def read_segment(segment: Segment, *, last: bool) -> tuple[list[bytes], int]:
+def read_segment(segment: Segment, *, last: bool,
+                 limit: int | None = None) -> tuple[list[bytes], int]:
     """Payloads of a segment and the byte length of its valid part.
 
     A bad frame with nothing valid after it in the newest segment is a torn tail: the valid
@@ -115,7 +117,7 @@ def read_segment(segment: Segment, *, last: bool) -> tuple[list[bytes], int]:
     payloads = []
     offset = SEGMENT_HEADER.size
     view = memoryview(data)
-    while offset < len(data):
+    while offset < len(data) and (limit is None or len(payloads) < limit):
         end = _valid_frame_at(view, offset)
         if end is None:
             later = _any_valid_frame_after(data, offset)
@@ -130,16 +132,25 @@ def read_segment(segment: Segment, *, last: bool) -> tuple[list[bytes], int]:
     return payloads, offset
 
 
-def read_journal(directory: Path, *, repair: bool = True) -> Iterator[tuple[int, bytes]]:
-    """(lsn, payload) of every durable record, oldest first; truncates a torn tail."""
+def read_journal(directory: Path, *, repair: bool = True,
+                 until: int | None = None) -> Iterator[tuple[int, bytes]]:
+    """(lsn, payload) of every durable record, oldest first; truncates a torn tail.
+
+    With `until`, stops after that lsn without looking further (the writer may be
+    appending there), and repairs nothing."""
     segs = segments(directory)
     expected: int | None = None
     for i, seg in enumerate(segs):
         last = i == len(segs) - 1
+        if until is not None:
+            if seg.first_lsn > until:
+                return
+            repair = False
         if expected is not None and seg.first_lsn != expected:
             raise JournalCorrupt(seg.path, 0, f"starts at record {seg.first_lsn}, but the "
                                               f"previous segment ends before {expected}")
-        payloads, valid = read_segment(seg, last=last)
+        limit = None if until is None else until - seg.first_lsn + 1
+        payloads, valid = read_segment(seg, last=last, limit=limit)
         if last and repair and (valid < seg.path.stat().st_size or valid == 0):
             _truncate(seg.path, valid)
         for n, payload in enumerate(payloads):
@@ -283,7 +294,7 @@ class JournalWriter:
         """Delete segments whose records all precede `lsn`; returns how many were deleted."""
         segs = segments(self.directory)
         removed = 0
-        for seg, nxt in zip(segs, segs[1:], strict=False):
+        for seg, nxt in itertools.pairwise(segs):
             if nxt.first_lsn <= lsn and (self._segment is None or seg.path != self._segment.path):
                 seg.path.unlink()
                 removed += 1

@@ -36,9 +36,10 @@ class Submit(_Base, tag="submit"):
     run_id: str
     tenant: str
     client_id: str
-    workflow: dict[str, Any]  # the Workflow as builtins
+    workflow: dict[str, Any]  # the workflow as it was sent
     definition_hash: str
     options: dict[str, Any] = {}
+    meta: dict[str, Any] | None = None
 
 
 class Dispatch(_Base, tag="dispatch"):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -26,7 +26,7 @@ from anyio.abc import TaskStatus
 
 from ..errors import NodehostError
 from .journal import DiskFull, JournalWriter, read_journal
-from .records import Record, decode_record, encode_record
+from .records import Forget, Record, decode_record, encode_record
 from .snapshot import read_newest, write_snapshot
 
 __all__ = ["Recovered", "Store", "StoreFailed"]
@@ -67,6 +67,7 @@ class Store:
         self._flushed = anyio.Event()
         self.full = False
         self.snapshot_lsn = 0
+        self.records_since_snapshot = 0
         self.batches = 0
         self.records_written = 0
 
@@ -102,6 +103,7 @@ class Store:
             last = record_lsn
         self._writer = JournalWriter(self.journal_dir, next_lsn=last + 1,
                                      segment_bytes=self._segment_bytes)
+        self.records_since_snapshot = last - lsn
         return Recovered(lsn, records, time.perf_counter() - started)
 
     # --- on the event loop -----------------------------------------------------------------
@@ -111,6 +113,7 @@ class Store:
         writer = self._writer
         assert writer is not None, "Store.open() first"
         lsn = writer.append(encode_record(record))
+        self.records_since_snapshot += 1
         if writer.pending == 1:
             self._wake.set()
         return lsn
@@ -186,23 +189,41 @@ class Store:
 
     # --- snapshots ----------------------------------------------------------------------------
 
-    async def snapshot(self, records: Callable[[], Iterator[Record]]) -> int:
-        """Write the retained history as a snapshot at the current lsn; drop older segments.
+    async def compact(self) -> int:
+        """Write a snapshot of the retained history at the durable lsn; drop old segments.
 
-        `records` is called on the event loop (a consistent view); encoding and writing
-        happen in a worker thread.
+        The history is the newest snapshot plus the journal up to that lsn, less the records
+        of runs a `Forget` record dropped (and the Forget records themselves). It is read and
+        written in a worker thread, from disk: the event loop only waits. Returns the lsn.
         """
         writer = self._writer
         assert writer is not None
         lsn = self.last_lsn
         await self.wait_durable(lsn)
-        items = [encode_record(r) for r in records()]
-        body = _pack_snapshot(items)
         previous = self.snapshot_lsn
-        await anyio.to_thread.run_sync(write_snapshot, self.snapshot_dir, lsn, body)
+
+        def work() -> int:
+            records: list[Record] = []
+            snapshot = read_newest(self.snapshot_dir)
+            base = 0
+            if snapshot is not None:
+                base, body = snapshot
+                records.extend(_unpack_snapshot(body))
+            for record_lsn, payload in read_journal(self.journal_dir, until=lsn):
+                if record_lsn > base:
+                    records.append(decode_record(payload))
+            forgotten = {run_id for r in records if isinstance(r, Forget) for run_id in r.run_ids}
+            kept = [encode_record(r) for r in records
+                    if not isinstance(r, Forget) and r.run_id not in forgotten]
+            write_snapshot(self.snapshot_dir, lsn, _pack_snapshot(kept))
+            # keep what the previous snapshot needs, in case the newest cannot be read
+            writer.remove_before(previous + 1)
+            return len(kept)
+
+        kept = await anyio.to_thread.run_sync(work)
         self.snapshot_lsn = lsn
-        # keep the segments the previous snapshot needs, in case the newest cannot be read
-        await anyio.to_thread.run_sync(writer.remove_before, previous + 1)
+        self.records_since_snapshot = max(0, self.last_lsn - lsn)
+        log.info("snapshot at record %d: %d records of history kept", lsn, kept)
         return lsn
 
     def close(self) -> None:

@@ -1,0 +1,281 @@
+"""Durability of the daemon: restarts, interrupted nodes, disk full, corruption, fsync errors.
+
+A real daemon (uvicorn on a Unix socket) with its journal in a temporary state directory;
+asyncio only, as uvicorn.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from http_support import (
+    SseReader,
+    catalog,
+    daemon_config,
+    doc,
+    gated,
+    node,
+    release,
+    run_done,
+    short_tmpdir,
+)
+from nodehost import Context, Package
+from nodehost.config import Config
+from nodehost.plugins import Catalog
+from nodehost.service import Daemon, StartError
+from nodehost.store import journal as journal_module
+from nodehost.store.journal import DiskFull, JournalWriter, segments
+from nodehost.store.store import StoreFailed
+
+pytestmark = pytest.mark.anyio
+
+resumable = Package("t.resumable", "1.0")
+_runs: list[int] = []
+
+
+@resumable.node("t.resumable.count", idempotent=True, retry=2)
+async def count(ctx: Context, params: dict) -> dict:
+    """Idempotent: blocks on its first attempt (until the host goes), succeeds after."""
+    _runs.append(ctx.attempt)
+    if ctx.attempt == 1:
+        await anyio.sleep_forever()
+    return {"attempt": ctx.attempt}
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def full_catalog() -> Catalog:
+    cat = catalog()
+    cat.add(resumable)
+    return cat
+
+
+class Live:
+    def __init__(self, daemon: Daemon, path: str) -> None:
+        self.daemon = daemon
+        self.client = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=path),
+                                        base_url="http://localhost/api/v1")
+
+    @property
+    def engine(self) -> Any:
+        assert self.daemon.host is not None
+        return self.daemon.host.engine
+
+    async def submit(self, document: dict[str, Any], **headers: str) -> str:
+        response = await self.client.post("/runs", json=document, headers=headers)
+        assert response.status_code == 202, response.text
+        return response.json()["runId"]
+
+    async def wait_final(self, run_id: str) -> dict[str, Any]:
+        assert self.daemon.host is not None
+        await self.daemon.host.scheduler.wait_run(run_id)
+        response = await self.client.get(f"/runs/{run_id}")
+        return response.json()
+
+
+@asynccontextmanager
+async def daemon(config: Config) -> AsyncIterator[Live]:
+    d = Daemon(config, full_catalog())
+    d.open()
+    async with anyio.create_task_group() as tg:
+        await tg.start(d.run)
+        live = Live(d, config.server.address().path or "")
+        try:
+            yield live
+        finally:
+            await live.client.aclose()
+            d.stop()
+
+
+def nodes(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {n["taskId"]: n for n in summary["nodes"]}
+
+
+async def test_a_restart_keeps_runs_events_documents_and_idempotency_keys() -> None:
+    """Everything acknowledged before a stop is there after it, and event ids go on."""
+    with short_tmpdir() as tmp:
+        config = daemon_config(tmp)
+        done_doc = doc(node("a", seconds=0))
+        done_doc["workflow"]["x-dashboard"] = {"layout": "grid"}  # unknown: kept as sent
+        hung_doc, _ = gated()
+        async with daemon(config) as first:
+            done = await first.submit(done_doc, **{"Idempotency-Key": "key-1"})
+            hung = await first.submit(hung_doc)
+            before = await first.wait_final(done)
+            last_id = first.engine.event_seq
+        async with daemon(config) as second:
+            assert second.daemon.recovery is not None
+            assert second.daemon.recovery.resumed["interrupted"] == 1
+            after = (await second.client.get(f"/runs/{done}")).json()
+            assert after == before
+            # the node that was running is failed: its type is not idempotent
+            failed = await second.wait_final(hung)
+            assert failed["status"] == "failed"
+            [gate] = [n for n in failed["nodes"] if n["status"] == "failed"]
+            assert gate["error"]["code"] == "E.HOST.RESTARTED"
+            # the same key and body give the same run, across the restart
+            again = await second.client.post("/runs", json=done_doc,
+                                             headers={"Idempotency-Key": "key-1"})
+            assert again.status_code == 202 and again.json()["runId"] == done
+            definition = (await second.client.get(f"/runs/{done}/definition")).json()
+            assert definition["x-dashboard"] == {"layout": "grid"}
+            # event ids continue: what came after the stop replays from last_id + 1
+            async with second.client.stream(
+                "GET", "/events", params={"runId": hung},
+                headers={"Last-Event-ID": str(last_id)},
+            ) as response:
+                frames = await SseReader(response).until(run_done(hung))
+            assert int(frames[0]["id"]) == last_id + 1
+            assert all(f["event"] != "stream.reset" for f in frames)
+
+
+async def test_idempotent_nodes_resume_after_a_restart() -> None:
+    """A running node that declared itself idempotent runs again after the restart."""
+    _runs.clear()
+    with short_tmpdir() as tmp:
+        config = daemon_config(tmp)
+        document = doc(node("n", type="t.resumable.count"))
+        document["workflow"]["nodes"][0]["package"] = {"name": "t.resumable", "version": "1.0"}
+        async with daemon(config) as first:
+            run_id = await first.submit(document)
+            with anyio.fail_after(10):
+                while not _runs:
+                    await anyio.sleep(0.01)
+        async with daemon(config) as second:
+            summary = await second.wait_final(run_id)
+    assert summary["status"] == "succeeded"
+    assert nodes(summary)["n"]["result"] == {"attempt": 2}
+    assert _runs == [1, 2]
+
+
+async def test_a_full_disk_refuses_new_runs_with_507_and_keeps_serving_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While the journal cannot be written: 507 for new runs, reads go on; then it recovers."""
+    real = JournalWriter.write_batch
+    full = {"on": False}
+
+    def write_batch(self: JournalWriter, batch: Any) -> None:
+        if full["on"] and batch[1]:
+            raise DiskFull("journal: No space left on device")
+        real(self, batch)
+
+    monkeypatch.setattr(JournalWriter, "write_batch", write_batch)
+    with short_tmpdir() as tmp:
+        config = daemon_config(tmp)
+        async with daemon(config) as live:
+            earlier = await live.submit(doc(node("a", seconds=0)))
+            await live.wait_final(earlier)
+            journal = live.daemon.journal
+            assert journal is not None
+            journal.full_retry_interval = 0.05
+            full["on"] = True
+            # a run submitted now is journaled, but not acknowledged until there is space
+            hung_doc, gate_name = gated()
+            pending = live.client.post("/runs", json=hung_doc)
+            with anyio.fail_after(10):
+                async with anyio.create_task_group() as tg:
+                    results: list[httpx.Response] = []
+
+                    async def post() -> None:
+                        results.append(await pending)
+
+                    tg.start_soon(post)
+                    while not journal.full:
+                        await anyio.sleep(0.01)
+                    refused = await live.client.post("/runs", json=doc(node("b", seconds=0)))
+                    assert refused.status_code == 507
+                    assert refused.json()["error"] == "insufficient_storage"
+                    read = await live.client.get(f"/runs/{earlier}")
+                    assert read.status_code == 200
+                    assert not results  # the first request is not acknowledged yet
+                    full["on"] = False
+            assert results[0].status_code == 202
+            assert not journal.full
+            release(gate_name)
+            ok = await live.client.post("/runs", json=doc(node("c", seconds=0)))
+            assert ok.status_code == 202
+
+
+async def test_a_failed_fsync_stops_the_daemon(monkeypatch: pytest.MonkeyPatch) -> None:
+    """EIO from fdatasync is fatal: the daemon ends with StoreFailed, nothing is retried."""
+    with short_tmpdir() as tmp:
+        config = daemon_config(tmp)
+        calls = {"n": 0}
+        real = os.fdatasync
+
+        def failing(fd: int) -> None:
+            calls["n"] += 1
+            raise OSError(errno.EIO, "Input/output error")
+
+        with pytest.raises(BaseExceptionGroup) as info:
+            async with daemon(config) as live:
+                monkeypatch.setattr(journal_module.os, "fdatasync", failing)
+                with anyio.fail_after(10):
+                    response = await live.client.post("/runs", json=doc(node("a", seconds=0)))
+                    assert response.status_code == 202  # pragma: no cover - must not happen
+        monkeypatch.setattr(journal_module.os, "fdatasync", real)
+        assert info.group_contains(StoreFailed)
+        assert calls["n"] == 1
+
+
+def test_a_corrupt_journal_refuses_to_start_and_says_where(tmp_path: Path) -> None:
+    """Damage in the middle of the journal stops start-up with the file and the offset."""
+    with short_tmpdir() as tmp:
+        config = daemon_config(tmp)
+        d = Daemon(config, full_catalog())
+        d.open()  # creates the journal
+        assert d.journal is not None
+        for i in range(3):
+            d.journal.append(_filler(i))
+        d.journal._writer.write_batch(d.journal._writer.take_batch())  # type: ignore[union-attr]
+        d.journal.close()
+        d._cleanup()
+        [seg] = segments(Path(tmp) / "state" / "store" / "journal")
+        data = bytearray(seg.path.read_bytes())
+        data[16 + 8 + 2] ^= 0xFF  # inside the first record; two good ones follow
+        seg.path.write_bytes(bytes(data))
+        with pytest.raises(StartError) as info:
+            Daemon(config, full_catalog()).open()
+        message = str(info.value)
+        assert str(seg.path) in message and "at byte 16" in message
+        assert "To proceed" in message
+
+
+def _filler(i: int) -> Any:
+    from datetime import UTC, datetime
+
+    from nodehost.store.records import CancelRun
+
+    return CancelRun(datetime.now(UTC), i, f"run-{i}", "filler")
+
+
+def test_kill_9_under_load_loses_nothing_acknowledged(tmp_path: Path) -> None:
+    """Kill -9 a real daemon while clients submit; every acknowledged run survives, and all
+    of them finish after the last restart."""
+    script = Path(__file__).with_name("durability_load.py")
+    with short_tmpdir() as tmp:
+        result = subprocess.run([sys.executable, str(script), tmp, "6"], capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["kills"] == 6
+    assert report["acknowledged"] >= 20
+    assert report["missing"] == []
+    assert report["changed"] == []
+    assert report["unfinished"] == []
