@@ -89,7 +89,9 @@ class Live:
 
 
 @asynccontextmanager
-async def daemon(config: Config) -> AsyncIterator[Live]:
+async def daemon(config: Config, *, crash: bool = False) -> AsyncIterator[Live]:
+    """A running daemon; at the end it stops gracefully, or with `crash` is cut off where it
+    stands (its tasks cancelled: no drain, nothing recorded for the running nodes)."""
     d = Daemon(config, full_catalog())
     d.open()
     async with anyio.create_task_group() as tg:
@@ -99,7 +101,10 @@ async def daemon(config: Config) -> AsyncIterator[Live]:
             yield live
         finally:
             await live.client.aclose()
-            d.stop()
+            if crash:
+                tg.cancel_scope.cancel()
+            else:
+                d.stop()
 
 
 def nodes(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -113,7 +118,7 @@ async def test_a_restart_keeps_runs_events_documents_and_idempotency_keys() -> N
         done_doc = doc(node("a", seconds=0))
         done_doc["workflow"]["x-dashboard"] = {"layout": "grid"}  # unknown: kept as sent
         hung_doc, _ = gated()
-        async with daemon(config) as first:
+        async with daemon(config, crash=True) as first:
             done = await first.submit(done_doc, **{"Idempotency-Key": "key-1"})
             hung = await first.submit(hung_doc)
             before = await first.wait_final(done)
@@ -144,14 +149,36 @@ async def test_a_restart_keeps_runs_events_documents_and_idempotency_keys() -> N
             assert all(f["event"] != "stream.reset" for f in frames)
 
 
-async def test_idempotent_nodes_resume_after_a_restart() -> None:
-    """A running node that declared itself idempotent runs again after the restart."""
+async def test_a_graceful_stop_queues_running_nodes_to_run_after_the_restart() -> None:
+    """Stopped by SIGTERM (drain over), a running node is queued again, not failed, and runs
+    after the restart without using up a retry."""
+    with short_tmpdir() as tmp:
+        config = daemon_config(tmp)  # drain_seconds = 0: stop running nodes at once
+        hung_doc, gate_name = gated()
+        async with daemon(config) as first:
+            run_id = await first.submit(hung_doc)
+            with anyio.fail_after(10):
+                while first.engine.runs[run_id].status != "running":
+                    await anyio.sleep(0.01)
+        async with daemon(config) as second:
+            task = next(iter(second.engine.runs[run_id].tasks.values()))
+            assert task.status == "running" and task.tries == 1
+            assert second.daemon.recovery.resumed["interrupted"] == 0  # type: ignore[union-attr]
+            release(gate_name)
+            summary = await second.wait_final(run_id)
+        assert summary["status"] == "succeeded"
+        [only] = summary["nodes"]
+        assert only["metadata"]["attempt"] == 2
+
+
+async def test_idempotent_nodes_resume_after_a_crash() -> None:
+    """A running node that declared itself idempotent runs again after a crash."""
     _runs.clear()
     with short_tmpdir() as tmp:
         config = daemon_config(tmp)
         document = doc(node("n", type="t.resumable.count"))
         document["workflow"]["nodes"][0]["package"] = {"name": "t.resumable", "version": "1.0"}
-        async with daemon(config) as first:
+        async with daemon(config, crash=True) as first:
             run_id = await first.submit(document)
             with anyio.fail_after(10):
                 while not _runs:

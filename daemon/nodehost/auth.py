@@ -44,6 +44,12 @@ class Authenticator:
             raise ValueError("tokens are required, but none are configured")
         self.require_token = require_token
 
+    def replace(self, tokens: Mapping[str, str]) -> None:
+        """New tokens (a config reload); whether a token is required does not change."""
+        if self.require_token and not tokens:
+            raise ValueError("tokens are required, but the new configuration has none")
+        self._hashes = [(_digest(token), tenant) for token, tenant in tokens.items()]
+
     @property
     def has_tokens(self) -> bool:
         return bool(self._hashes)

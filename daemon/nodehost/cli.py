@@ -8,6 +8,7 @@ be reached, 130 the run was cancelled (Ctrl-C or SIGTERM).
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
 import sys
 from contextlib import nullcontext
@@ -230,23 +231,22 @@ _url_option = click.option(
 def serve(config_path: str | None) -> None:
     """Run the daemon: the HTTP API on the configured socket, until SIGTERM or SIGINT.
 
-    The first signal stops admitting runs, lets running ones finish (server.drain_seconds),
-    closes event streams and exits 0; a second one stops without waiting for runs.
+    The first signal stops admitting runs and starting nodes, lets running nodes finish
+    (server.drain_seconds), queues the rest again to run after the restart, closes event
+    streams and exits 0; a second one stops without waiting. SIGHUP reloads the config.
     """
-    import logging
-
     from .service import Daemon, StartError
+    from .systemd import configure_logging
 
     config = _config(config_path)
-    logging.basicConfig(level=config.server.log_level.upper(),
-                        format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(config.server.log_level.upper())
     daemon = Daemon(config, _catalog(config, Console(stderr=True)))
     try:
         daemon.open()
     except (ConfigError, StartError) as exc:
         raise _Fail(str(exc)) from None
     try:
-        anyio.run(_serve, daemon)  # asyncio: uvicorn runs on nothing else
+        anyio.run(_serve, daemon, config_path)  # asyncio: uvicorn runs on nothing else
     except BaseExceptionGroup as group:
         failed = group.subgroup(StoreFailed)
         if failed is None:
@@ -255,18 +255,42 @@ def serve(config_path: str | None) -> None:
         raise SystemExit(f"nodehost: stopped: {failed.exceptions[0]}") from None
 
 
-async def _serve(daemon: Any) -> None:
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+async def _serve(daemon: Any, config_path: str | None) -> None:
+    import logging
+
+    log = logging.getLogger("nodehost.cli")
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with anyio.create_task_group() as tg:
 
-            async def stop_on_signal() -> None:
+            async def on_signal() -> None:
                 async for signum in signals:
-                    click.echo(f"nodehost: {signal.Signals(signum).name}, stopping", err=True)
+                    if signum == signal.SIGHUP:
+                        try:
+                            daemon.reload(load_config(config_path))
+                        except (ConfigError, ValueError) as exc:
+                            log.error("reload refused, the configuration is unchanged: %s", exc)
+                        continue
+                    log.info("%s: stopping", signal.Signals(signum).name)
                     daemon.stop()
 
-            tg.start_soon(stop_on_signal)
+            tg.start_soon(on_signal)
             await daemon.run()
             tg.cancel_scope.cancel()
+
+
+@main.command()
+@_config_option
+def reload(config_path: str | None) -> None:
+    """Make the running daemon reread its config (SIGHUP): limits, tokens, log level."""
+    config = _config(config_path)
+    pidfile = os.path.join(config.server.runtime_path(), "nodehost.pid")
+    try:
+        with open(pidfile) as f:
+            pid = int(f.read().strip())
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError) as exc:
+        raise _Fail(f"no running daemon found through {pidfile}: {exc}") from None
+    Console(highlight=False).print(f"asked the daemon (pid {pid}) to reload its config")
 
 
 def _with_client(config_path: str | None, url: str | None, call: Any) -> Any:

@@ -138,6 +138,7 @@ class ServerConfig(_Section):
     stop_timeout_seconds: PositiveSeconds = 3.0
     access_log: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    watchdog_stuck_seconds: PositiveSeconds = 20.0
 
     def __post_init__(self) -> None:
         self.address()  # a bad listen string fails at load time, at `$.server`

@@ -149,6 +149,8 @@ class Engine:
         self._dispatches: dict[str, Task] = {}
         self._dispatch_seq = 0
         self._ts: datetime = now()
+        self._scope_run: Run | None = None  # the run whose Scope is `_scope`
+        self._scope: Scope | None = None
 
     # --- effects -------------------------------------------------------------------------------
 
@@ -170,12 +172,16 @@ class Engine:
 
     def _emit(self, run: Run, type: str, data: dict[str, Any]) -> None:
         self.event_seq += 1
+        if run is not self._scope_run:  # a run's scope never changes: envelopes share it
+            self._scope = Scope(tenant=run.tenant, run_id=run.run_id,
+                                client_session_id=run.client_id)
+            self._scope_run = run
         self._sink(Envelope(
             version="v1",
             id=str(self.event_seq),
             type=type,
             occurred_at=self._ts,
-            scope=Scope(tenant=run.tenant, run_id=run.run_id, client_session_id=run.client_id),
+            scope=self._scope,
             data=data,
         ))
 
@@ -490,6 +496,23 @@ class Engine:
             return False
         self._ts = self._now()
         self._fail_attempt(task, error, retryable=retryable)
+        return True
+
+    def interrupt(self, dispatch_id: str, reason: str) -> bool:
+        """The host stopped the attempt (a graceful shutdown): queue the node again, without
+        counting the attempt against its retries. False if it is stale."""
+        task = self._dispatches.pop(dispatch_id, None)
+        if task is None or task.phase != "dispatched" or task.dispatch_id != dispatch_id:
+            return False
+        self._ts = self._now()
+        task.tries -= 1
+        task.status = "queued"
+        task.stage = "interrupted"
+        task.message = reason
+        task.progress = None
+        self._emit_node_state(task)
+        task.phase = "ready"
+        self._effects.append(Ready(task))
         return True
 
     def fire_timer(self, timer: Timer) -> None:

@@ -28,13 +28,15 @@ EVENT_TYPES = (
 )
 
 
-class Scope(msgspec.Struct, rename="camel", omit_defaults=True, kw_only=True):
+# gc=False: envelopes hold JSON-like data and never take part in reference cycles, so the
+# garbage collector need not track them (thousands are alive in the replay buffer).
+class Scope(msgspec.Struct, rename="camel", omit_defaults=True, kw_only=True, gc=False):
     tenant: str
     run_id: str | None = None
     client_session_id: str | None = None
 
 
-class Envelope(msgspec.Struct, rename="camel", omit_defaults=True, kw_only=True):
+class Envelope(msgspec.Struct, rename="camel", omit_defaults=True, kw_only=True, gc=False):
     """`{version, id, type, occurredAt, scope, replayed?, data}`; `data` is never mutated.
 
     `version` has no default so that it is always encoded (omit_defaults drops defaults)."""

@@ -106,6 +106,14 @@ class JournaledEngine(Engine):
                                   error.message, error.details, retryable))
         return accepted
 
+    def interrupt(self, dispatch_id: str, reason: str) -> bool:
+        task = self._dispatches.get(dispatch_id)
+        ts, seq = self._begin(), self.event_seq
+        accepted = super().interrupt(dispatch_id, reason)
+        if accepted and task is not None:
+            self._record(rec.Interrupt(ts, seq, task.run.run_id, dispatch_id, reason))
+        return accepted
+
     def fire_timer(self, timer: Timer) -> None:
         ts, seq = self._begin(), self.event_seq
         before = len(self._effects)
@@ -199,6 +207,8 @@ class JournaledEngine(Engine):
             if run is not None and r.task_id in run.tasks:
                 Engine.fire_timer(self, Timer(0.0, r.kind, run.tasks[r.task_id],  # type: ignore[arg-type]
                                               r.fence))
+        elif isinstance(r, rec.Interrupt):
+            Engine.interrupt(self, r.dispatch_id, r.reason)
         elif isinstance(r, rec.CancelRun):
             Engine.cancel_run(self, r.run_id, r.reason)
         elif isinstance(r, rec.Report):

@@ -111,12 +111,14 @@ class Frame:
 
     def restart(self) -> None:
         """Reset every task for a new iteration (a container retry or loop turn)."""
+        fresh = self.iteration == 0  # first start: the tasks were just made, and are reset
         self.iteration += 1
         self.closed = False
         self.failed = None
         self.open = len(self.tasks)
-        for task in self.tasks.values():
-            task.reset()
+        if not fresh:
+            for task in self.tasks.values():
+                task.reset()
 
 
 class Run:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskGroup, TaskStatus
 
 from .engine import Cancel, Dispatch, Engine, Ready, RunFinished, Timer
@@ -114,6 +115,16 @@ class _Attempt:
         return self.cancelled
 
 
+class _IdleWorker:
+    """A worker task waiting for its next attempt."""
+
+    __slots__ = ("event", "item")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.item: tuple[_Attempt, Task] | None = None
+
+
 class _EngineReporter:
     """What a node reports, handed to the engine under the attempt's dispatch id (fenced)."""
 
@@ -168,22 +179,40 @@ class Scheduler:
         self._finished: dict[str, anyio.Event] = {}
         self._tg: TaskGroup | None = None
         self._closing = False
+        # Attempts run on worker tasks, started as needed (never more than attempts running)
+        # and kept: a worker that finishes an attempt takes the next one queued, or waits for
+        # one, so starting an attempt is a hand-off rather than a new task.
+        self._queued: deque[tuple[_Attempt, Task]] = deque()
+        self._idle_workers: list[_IdleWorker] = []
+        self._workers = 0
+        self._paused = False
+        self._idle = anyio.Event()
         self.dispatched = 0
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled: attempts run in this task group, timers fire from here."""
-        async with anyio.create_task_group() as tg:
-            self._tg = tg
-            self._closing = False
-            task_status.started()
-            self._step()  # runs submitted (or recovered) before the scheduler started
-            try:
-                await self._timer_loop()
-            finally:
-                self._closing = True
-                self._tg = None
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                self._closing = False
+                task_status.started()
+                self._step()  # runs submitted (or recovered) before the scheduler started
+                try:
+                    await self._timer_loop()
+                finally:
+                    self._closing = True
+                    self._tg = None
+        finally:
+            # attempts handed to no worker (the scheduler stopped first) never started
+            for attempt, task in self._queued:
+                self._attempts.pop(attempt.dispatch.dispatch_id, None)
+                spec = task.g.spec
+                assert spec is not None
+                self._release(task, spec)
+            self._queued.clear()
+            self._idle_workers.clear()
 
     async def _timer_loop(self) -> None:
         while True:
@@ -227,6 +256,36 @@ class Scheduler:
         self._step()
         return changed
 
+    def set_limits(self, limits: SchedulerLimits) -> None:
+        """New limits, live (a config reload); more room is used at once."""
+        self.limits = limits
+        parked, self._parked = self._parked, defaultdict(deque)
+        for waiting in parked.values():  # everyone gets another look; the blocked park again
+            for task in reversed(waiting):
+                self._ready.push(task, front=True)
+        self._step()
+
+    def pause(self) -> None:
+        """Start nothing new (a graceful stop); running attempts go on."""
+        self._paused = True
+
+    async def wait_idle(self) -> None:
+        """Wait until no attempt is running."""
+        while self._attempts:
+            self._idle = anyio.Event()
+            await self._idle.wait()
+
+    def interrupt_running(self, reason: str) -> int:
+        """Stop every running attempt and queue its node again (journaled by the engine), so
+        that it runs after the restart; returns how many were stopped."""
+        stopped = 0
+        for dispatch_id, attempt in list(self._attempts.items()):
+            if self.engine.interrupt(dispatch_id, reason):
+                stopped += 1
+            attempt.cancel()
+        self.engine.take_effects()  # the Ready effects are for the next start, not this one
+        return stopped
+
     async def wait_run(self, run_id: str) -> Run:
         """Wait until a run has finished; KeyError if it is unknown."""
         run = self.engine.runs[run_id]
@@ -234,6 +293,11 @@ class Scheduler:
             event = self._finished.setdefault(run_id, anyio.Event())
             await event.wait()
         return run
+
+    @property
+    def serving(self) -> bool:
+        """True while `run` is serving (the watchdog's sign of life)."""
+        return self._tg is not None and not self._closing
 
     def statistics(self) -> dict[str, int]:
         return {
@@ -246,10 +310,11 @@ class Scheduler:
 
     # --- the synchronous core ----------------------------------------------------------------
 
-    def _step(self) -> None:
+    def _step(self, reserve: int = 0) -> None:
         """Apply the engine's effects, then start what the limits allow.
 
         Applying an effect never calls back into the engine, so one pass drains them all.
+        `reserve` is 1 when called by a worker that takes a queued attempt next itself.
         """
         for effect in self.engine.take_effects():
             if isinstance(effect, Ready):
@@ -264,7 +329,7 @@ class Scheduler:
                 event = self._finished.get(effect.run.run_id)
                 if event is not None:
                     event.set()
-        self._pump()
+        self._pump(reserve)
 
     def _add_timer(self, timer: Timer) -> None:
         deadline = anyio.current_time() + timer.delay
@@ -273,15 +338,15 @@ class Scheduler:
         if first is None or deadline < first:
             self._timer_wake.set()
 
-    def _pump(self) -> None:
-        """Dispatch ready tasks while the global limit has room."""
-        if self._tg is None or self._closing:
+    def _pump(self, reserve: int = 0) -> None:
+        """Dispatch ready tasks while the global limit has room; hand them to workers."""
+        if self._tg is None or self._closing or self._paused:
             return
         parallelism = self.limits.parallelism
         while len(self._attempts) < parallelism:
             task = self._ready.pop()
             if task is None:
-                return
+                break
             spec = task.g.spec
             if spec is None:
                 continue
@@ -296,13 +361,29 @@ class Scheduler:
             attempt = _Attempt(dispatch)
             self._attempts[dispatch.dispatch_id] = attempt
             self.dispatched += 1
-            self._tg.start_soon(self._run_attempt, attempt, task, name=dispatch.task_id)
+            self._queued.append((attempt, task))
             # dispatch() may have set a timeout timer
             for effect in self.engine.take_effects():
                 if isinstance(effect, Timer):
                     self._add_timer(effect)
                 else:  # pragma: no cover - dispatch only ever sets timers
                     raise AssertionError(f"unexpected effect of dispatch: {effect!r}")
+        self._assign(reserve)
+
+    def _assign(self, reserve: int) -> None:
+        """Hand queued attempts to idle workers, starting workers if none is idle; leave
+        `reserve` queued for the worker that is about to look at the queue itself."""
+        queued = self._queued
+        idle = self._idle_workers
+        assert self._tg is not None
+        while len(queued) > reserve:
+            if idle:
+                worker = idle.pop()
+                worker.item = queued.popleft()
+                worker.event.set()
+            else:
+                self._workers += 1
+                self._tg.start_soon(self._worker, queued.popleft(), name="nodehost attempts")
 
     def _blocked_on(self, task: Task, spec: NodeSpec) -> tuple[str, str] | None:
         key = task.g.concurrency_key
@@ -337,6 +418,28 @@ class Scheduler:
 
     # --- one attempt ---------------------------------------------------------------------------
 
+    async def _worker(self, item: tuple[_Attempt, Task]) -> None:
+        """Run attempts one after another: the one given, then queued ones, waiting for
+        more when there are none (until the scheduler stops)."""
+        idle: _IdleWorker | None = None
+        try:
+            while True:
+                await self._run_attempt(*item)
+                # let other tasks run between two attempts, as between two tasks
+                await anyio.lowlevel.checkpoint()
+                if self._queued:
+                    item = self._queued.popleft()
+                    continue
+                idle = _IdleWorker()
+                self._idle_workers.append(idle)
+                await idle.event.wait()
+                assert idle.item is not None
+                item, idle = idle.item, None
+        finally:
+            self._workers -= 1
+            if idle is not None and idle in self._idle_workers:
+                self._idle_workers.remove(idle)
+
     async def _run_attempt(self, attempt: _Attempt, task: Task) -> None:
         dispatch = attempt.dispatch
         engine = self.engine
@@ -370,8 +473,10 @@ class Scheduler:
             spec = task.g.spec
             assert spec is not None
             self._release(task, spec)
+            if not self._attempts:
+                self._idle.set()
             if not self._closing:
-                self._step()
+                self._step(reserve=1)  # this worker takes the next queued attempt itself
 
 
 def _short_traceback(exc: BaseException, limit: int = 8) -> str:

@@ -23,9 +23,11 @@ from datetime import timedelta
 from pathlib import Path
 
 import anyio
+import msgspec
 import uvicorn
 from anyio.abc import TaskStatus
 
+from . import systemd
 from .api import ApiSettings, DaemonApi, NullStore, Store
 from .auth import Authenticator
 from .config import Config, ConfigError, Listen
@@ -42,11 +44,10 @@ from .store.journal import JournalCorrupt
 from .store.store import Recovered
 from .store.store import Store as Journal
 
-__all__ = ["Daemon", "StartError", "bind_unix", "systemd_sockets"]
+__all__ = ["Daemon", "StartError", "bind_unix"]
 
 log = logging.getLogger(__name__)
 
-SD_LISTEN_FDS_START = 3
 MAX_UNIX_PATH = 107  # sun_path is 108 bytes with the NUL
 
 
@@ -68,27 +69,6 @@ class _EmbeddedServer(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
         self.ready.set()
-
-
-def systemd_sockets() -> list[socket.socket]:
-    """Sockets passed by systemd socket activation (LISTEN_FDS), if they are for us.
-
-    The variables are removed either way, so node subprocesses do not inherit them.
-    """
-    try:
-        if int(os.environ.get("LISTEN_PID", "0")) != os.getpid():
-            return []
-        count = int(os.environ.get("LISTEN_FDS", "0"))
-    except ValueError:
-        return []
-    finally:
-        for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
-            os.environ.pop(name, None)
-    out = []
-    for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + count):
-        os.set_inheritable(fd, False)
-        out.append(socket.socket(fileno=fd))  # family and type detected from the fd
-    return out
 
 
 def bind_unix(path: str) -> socket.socket:
@@ -159,6 +139,7 @@ class Daemon:
         self.store: Store = store or NullStore()
         self._journaled = store is None
         self._recovered: Recovered | None = None
+        self._pidfile: str | None = None
         self.recovery: RecoveryReport | None = None
         self._given_sockets = sockets
         self._sockets: list[socket.socket] = []
@@ -179,7 +160,8 @@ class Daemon:
         """Check tokens and listener settings, then bind; ConfigError / StartError if not."""
         config = self.config
         tokens = config.auth.read_tokens()
-        sockets = self._given_sockets if self._given_sockets is not None else systemd_sockets()
+        sockets = (self._given_sockets if self._given_sockets is not None
+                   else list(systemd.listen_sockets().values()))
         if sockets:
             families = {s.family for s in sockets}
             self.transport = "unix" if families == {socket.AF_UNIX} else "tcp"
@@ -205,6 +187,7 @@ class Daemon:
                              f"{exc.strerror}") from None
         if self._journaled and self.journal is None:
             self._open_journal(Path(state_dir))
+        self._write_pidfile()
         if sockets:
             self._sockets = list(sockets)
             return
@@ -218,6 +201,19 @@ class Daemon:
             self._sockets = [_bind_tcp(listen)]
             host, port = self._sockets[0].getsockname()[:2]
             self.address = str(Listen("tcp", host=host, port=port))
+
+    def _write_pidfile(self) -> None:
+        """`<runtime_dir>/nodehost.pid`, for `nodehost reload` (removed at exit)."""
+        runtime = self.config.server.runtime_path()
+        try:
+            os.makedirs(runtime, mode=0o750, exist_ok=True)
+            path = os.path.join(runtime, "nodehost.pid")
+            with open(path, "w") as f:
+                f.write(f"{os.getpid()}\n")
+        except OSError as exc:
+            log.warning("cannot write the pid file in %s: %s", runtime, exc.strerror)
+            return
+        self._pidfile = path
 
     def _open_journal(self, state_dir: Path) -> None:
         cfg = self.config.journal
@@ -290,8 +286,12 @@ class Daemon:
                         log.info("nodehost listening on %s (%s)", self.address,
                                  "bearer tokens required" if self.authenticator.require_token
                                  else "socket permissions; tokens optional")
+                        systemd.notify(f"READY=1\nSTATUS={self._status(host)}")
+                        keeper.start_soon(self._report_to_systemd, host)
                         task_status.started()
                         await self._stop.wait()
+                        systemd.notify("STOPPING=1\nSTATUS=stopping: letting running nodes "
+                                       "finish")
                         await self._drain(api, host)
                         api.close()  # ends the event streams
                         server.should_exit = True
@@ -302,6 +302,38 @@ class Daemon:
             if journal is not None:
                 journal.close()
         log.info("nodehost stopped")
+
+    def _status(self, host: EmbeddedHost) -> str:
+        """The one-line summary systemctl status shows."""
+        runs = host.engine.statistics()
+        nodes = host.scheduler.statistics()
+        return (f"{runs['runs_active'] - runs['runs_queued']} runs running, "
+                f"{runs['runs_queued']} queued; {nodes['running']} nodes running")
+
+    def _alive(self, host: EmbeddedHost) -> bool:
+        """What the watchdog vouches for: the scheduler serves and the journal is not stuck."""
+        if not host.scheduler.serving:
+            return False
+        journal = self.journal
+        return journal is None or journal.stuck_for() < self.config.server.watchdog_stuck_seconds
+
+    async def _report_to_systemd(self, host: EmbeddedHost) -> None:
+        """WATCHDOG=1 at half of WATCHDOG_USEC while alive, from this event loop (a wedged
+        loop stops the pings, and systemd restarts us); STATUS= when it changes."""
+        interval = systemd.watchdog_interval()
+        period = min(interval, 5.0) if interval else 5.0
+        last = ""
+        while True:
+            status = self._status(host)
+            message = [] if status == last else [f"STATUS={status}"]
+            last = status
+            if interval and self._alive(host):
+                message.append("WATCHDOG=1")
+            elif interval:
+                log.error("not sending the watchdog ping: the scheduler or the journal is stuck")
+            if message:
+                systemd.notify("\n".join(message))
+            await anyio.sleep(period)
 
     async def _maintain(self, journal: Journal, host: EmbeddedHost, api: DaemonApi) -> None:
         """Apply retention and write snapshots, so history and recovery time stay bounded."""
@@ -323,18 +355,49 @@ class Daemon:
             await anyio.sleep(cfg.check_interval_seconds)
 
     async def _drain(self, api: DaemonApi, host: EmbeddedHost) -> None:
-        api.stop_admitting()  # reads and event streams go on while runs finish
-        active = [r.run_id for r in host.engine.runs.values() if not r.final]
+        """Stop admitting runs and starting nodes; let running nodes finish for up to
+        `server.drain_seconds`; stop the rest and queue them again (journaled), so they run
+        after the restart. Reads and event streams go on meanwhile."""
+        api.stop_admitting()
+        scheduler = host.scheduler
+        scheduler.pause()
+        running = scheduler.statistics()["running"]
         seconds = self.config.server.drain_seconds
-        if not active or seconds <= 0 or self._stops > 1:
-            return
-        log.info("waiting up to %g s for %d run(s) to finish", seconds, len(active))
-        with anyio.move_on_after(seconds) as scope:
-            self._drain_scope = scope
-            async with anyio.create_task_group() as tg:
-                for run_id in active:
-                    tg.start_soon(host.scheduler.wait_run, run_id)
-        self._drain_scope = None
+        if running and seconds > 0 and self._stops <= 1:
+            log.info("waiting up to %g s for %d running node(s) to finish", seconds, running)
+            with anyio.move_on_after(seconds) as scope:
+                self._drain_scope = scope
+                await scheduler.wait_idle()
+            self._drain_scope = None
+        stopped = scheduler.interrupt_running("the daemon stopped; the node runs again after "
+                                              "the restart")
+        if stopped:
+            log.info("stopped %d running node(s); they will run again after the restart",
+                     stopped)
+
+    def reload(self, config: Config) -> list[str]:
+        """Apply what can change while running: scheduler limits, tokens, log level and
+        retention. Returns the sections that differ but need a restart."""
+        old = self.config
+        host = self.host
+        if host is not None:
+            host.scheduler.set_limits(config.scheduler.limits())
+        if self.authenticator is not None and config.auth != old.auth:
+            self.authenticator.replace(config.auth.read_tokens())
+        logging.getLogger().setLevel(config.server.log_level.upper())
+        restart = [name for name in ("executors", "plugins", "documents", "journal", "events",
+                                     "api") if getattr(config, name) != getattr(old, name)]
+        if (config.server.listen, config.server.state_dir, config.server.runtime_dir) != (
+                old.server.listen, old.server.state_dir, old.server.runtime_dir):
+            restart.append("server (listen, directories)")
+        live = msgspec.structs.replace(old, scheduler=config.scheduler, auth=config.auth,
+                                       retention=config.retention)
+        live.server.log_level = config.server.log_level
+        live.server.drain_seconds = config.server.drain_seconds
+        self.config = live
+        log.info("configuration reloaded%s", f"; needs a restart to change: {', '.join(restart)}"
+                 if restart else "")
+        return restart
 
     def stop(self) -> None:
         """Ask the daemon to stop; asked again, it stops waiting for runs to finish."""
@@ -346,6 +409,10 @@ class Daemon:
     def _cleanup(self) -> None:
         for sock in self._sockets:
             sock.close()
+        if self._pidfile is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._pidfile)
+            self._pidfile = None
         path = self._unix_path
         if path is not None and self._unix_inode is not None:
             with contextlib.suppress(OSError):

@@ -19,6 +19,7 @@ __all__ = [
     "Fail",
     "FireTimer",
     "Forget",
+    "Interrupt",
     "Record",
     "Report",
     "Submit",
@@ -27,7 +28,9 @@ __all__ = [
 ]
 
 
-class _Base(msgspec.Struct, array_like=True, tag_field="k", frozen=True):
+# gc=False: records hold JSON-like data and never take part in reference cycles, so the
+# garbage collector need not track them (recovery holds every record of the history).
+class _Base(msgspec.Struct, array_like=True, tag_field="k", frozen=True, gc=False):
     ts: datetime  # the engine's clock during the call
     seq: int  # the event sequence before the call: ids stay the same after compaction
 
@@ -63,6 +66,14 @@ class Fail(_Base, tag="fail"):
     retryable: bool = True
 
 
+class Interrupt(_Base, tag="interrupt"):
+    """The host stopped an attempt at shutdown; the node is queued again."""
+
+    run_id: str
+    dispatch_id: str
+    reason: str
+
+
 class FireTimer(_Base, tag="timer"):
     run_id: str
     task_id: str
@@ -94,7 +105,8 @@ class Forget(_Base, tag="forget"):
         return ""
 
 
-Record = Submit | Dispatch | Complete | Fail | FireTimer | CancelRun | Report | Forget
+Record = (Submit | Dispatch | Complete | Fail | FireTimer | CancelRun | Report | Forget
+          | Interrupt)
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Record)

@@ -66,6 +66,7 @@ class Store:
         self._wake = anyio.Event()
         self._flushed = anyio.Event()
         self.full = False
+        self._flush_started: float | None = None
         self.snapshot_lsn = 0
         self.records_since_snapshot = 0
         self.batches = 0
@@ -162,10 +163,16 @@ class Store:
                 if writer.pending and not self.full:
                     await self._flush_once(writer)
 
+    def stuck_for(self) -> float:
+        """Seconds the current write + fdatasync has been going on (0 when none is)."""
+        started = self._flush_started
+        return 0.0 if started is None else time.monotonic() - started
+
     async def _flush_once(self, writer: JournalWriter) -> None:
         batch = writer.take_batch()
         if not batch[1]:
             return
+        self._flush_started = time.monotonic()
         try:
             await anyio.to_thread.run_sync(writer.write_batch, batch)
         except DiskFull as exc:
@@ -179,6 +186,8 @@ class Store:
             log.critical("journal write failed, stopping: %s (nothing written after the last "
                          "durable record will be kept)", exc)
             raise StoreFailed(f"journal write failed: {exc}") from exc
+        finally:
+            self._flush_started = None
         if self.full:
             log.warning("journal writable again: accepting new runs")
             self.full = False
