@@ -404,10 +404,17 @@ def watch(run_id: str, config_path: str | None, url: str | None, output: str,
           reconnect_timeout: float) -> None:
     """Follow RUN live (per-node progress and log lines) until it ends.
 
-    Exits 0 when it succeeded, 1 when it failed, 130 when it was cancelled.
+    Exits 0 when it succeeded, 1 when it failed, 130 when it was cancelled. Ctrl-C stops
+    watching (exit 130); the run goes on.
     """
-    sys.exit(_with_client(config_path, url,
-                          lambda client: _watch(client, run_id, output, reconnect_timeout)))
+    try:
+        code = _with_client(config_path, url,
+                            lambda client: _watch(client, run_id, output, reconnect_timeout))
+    except KeyboardInterrupt:
+        Console(stderr=True, highlight=False).print(
+            f"stopped watching; run {run_id} goes on (nodehost runs cancel {run_id} to cancel it)")
+        code = EXIT_CANCELLED
+    sys.exit(code)
 
 
 @main.group()
