@@ -8,7 +8,6 @@ import signal
 import sys
 import textwrap
 import time
-from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -18,61 +17,18 @@ from nodehost_std import command as command_module
 from nodehost_std import package
 
 from nodehost import NodeError
-from nodehost.node_api import Context
+from std_support import Recorder, acall
 
 SPEC = package.nodes["nodehost.std.command"]
 PY = sys.executable
 
 
-class Recorder:
-    """A Reporter that keeps what the node reported; `on_chunk` sees each chunk as it comes."""
-
-    def __init__(self, on_chunk: Callable[[str, str], None] | None = None) -> None:
-        self.chunks: list[tuple[str, str]] = []
-        self.progresses: list[tuple[float | None, str | None, str | None]] = []
-        self.artifacts: list[dict[str, Any]] = []
-        self.on_chunk = on_chunk
-
-    def progress(self, fraction: float | None, stage: str | None, message: str | None) -> None:
-        self.progresses.append((fraction, stage, message))
-
-    def chunk(
-        self,
-        channel: str,
-        text: str | None,
-        data: bytes | None,
-        mime_type: str | None,
-        terminal: bool,
-        metadata: dict[str, Any] | None,
-    ) -> None:
-        assert text is not None
-        self.chunks.append((channel, text))
-        if self.on_chunk is not None:
-            self.on_chunk(channel, text)
-
-    def partial(self, update: dict[str, Any]) -> None:
-        pass
-
-    def metric(self, name: str, value: float) -> None:
-        pass
-
-    def artifact(self, artifact: dict[str, Any]) -> None:
-        self.artifacts.append(artifact)
-
-    def channel(self, name: str) -> list[str]:
-        return [text for channel, text in self.chunks if channel == name]
-
-
-def make_ctx(recorder: Recorder) -> Context:
-    return Context(
-        run_id="run-1", node_id="cmd", task_id="task-1", attempt=1, spec=SPEC, reporter=recorder
-    )
-
-
 async def run(params: dict[str, Any], recorder: Recorder | None = None) -> dict[str, Any]:
     recorder = recorder or Recorder()
-    result = await SPEC.fn(make_ctx(recorder), SPEC.decode_params(params))
-    return SPEC.encode_result(result)
+    try:
+        return await acall(SPEC, params, recorder)
+    finally:
+        assert not recorder.data_chunks  # the command streams its output as text
 
 
 def script(source: str) -> list[str]:

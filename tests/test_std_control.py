@@ -14,51 +14,10 @@ import pytest
 from nodehost_std import package
 
 from nodehost import NodeError, Package
-from nodehost.node_api import Context
+from std_support import Recorder, call, make_ctx
 
 DELAY = package.nodes["nodehost.std.delay"]
 FAIL = package.nodes["nodehost.std.fail"]
-
-
-class Recorder:
-    """A Reporter that keeps the progress reports."""
-
-    def __init__(self) -> None:
-        self.progresses: list[tuple[float | None, str | None, str | None]] = []
-
-    def progress(self, fraction: float | None, stage: str | None, message: str | None) -> None:
-        self.progresses.append((fraction, stage, message))
-
-    def chunk(
-        self,
-        channel: str,
-        text: str | None,
-        data: bytes | None,
-        mime_type: str | None,
-        terminal: bool,
-        metadata: dict[str, Any] | None,
-    ) -> None:
-        pass
-
-    def partial(self, update: dict[str, Any]) -> None:
-        pass
-
-    def metric(self, name: str, value: float) -> None:
-        pass
-
-    def artifact(self, artifact: dict[str, Any]) -> None:
-        pass
-
-
-def make_ctx(spec: Any, recorder: Recorder | None = None, attempt: int = 1) -> Context:
-    return Context(
-        run_id="run-1",
-        node_id="n",
-        task_id="task-1",
-        attempt=attempt,
-        spec=spec,
-        reporter=recorder or Recorder(),
-    )
 
 
 # --- the package --------------------------------------------------------------------------
@@ -182,7 +141,7 @@ def test_delay_bad_parameters(params: dict[str, Any], message: str) -> None:
 
 
 def fail(params: dict[str, Any], attempt: int = 1) -> dict[str, Any]:
-    return FAIL.encode_result(FAIL.fn(make_ctx(FAIL, attempt=attempt), FAIL.decode_params(params)))
+    return call(FAIL, params, attempt=attempt)
 
 
 def test_fail_fails_with_the_defaults() -> None:

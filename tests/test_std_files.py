@@ -14,55 +14,10 @@ from nodehost_std import files as files_module
 from nodehost_std import package
 
 from nodehost import NodeError
-from nodehost.node_api import Context
+from std_support import Recorder, call, failure
 
 READ = package.nodes["nodehost.std.file.read"]
 WRITE = package.nodes["nodehost.std.file.write"]
-
-
-class Recorder:
-    """A Reporter that keeps what the node reported."""
-
-    def __init__(self) -> None:
-        self.artifacts: list[dict[str, Any]] = []
-
-    def progress(self, fraction: float | None, stage: str | None, message: str | None) -> None:
-        pass
-
-    def chunk(
-        self,
-        channel: str,
-        text: str | None,
-        data: bytes | None,
-        mime_type: str | None,
-        terminal: bool,
-        metadata: dict[str, Any] | None,
-    ) -> None:
-        pass
-
-    def partial(self, update: dict[str, Any]) -> None:
-        pass
-
-    def metric(self, name: str, value: float) -> None:
-        pass
-
-    def artifact(self, artifact: dict[str, Any]) -> None:
-        self.artifacts.append(artifact)
-
-
-def call(
-    spec: Any, params: dict[str, Any], recorder: Recorder | None = None, cancelled: bool = False
-) -> dict[str, Any]:
-    ctx = Context(
-        run_id="run-1",
-        node_id="file",
-        task_id="task-1",
-        attempt=1,
-        spec=spec,
-        reporter=recorder or Recorder(),
-        is_cancelled=lambda: cancelled,
-    )
-    return spec.encode_result(spec.fn(ctx, spec.decode_params(params)))
 
 
 def read(params: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
@@ -71,12 +26,6 @@ def read(params: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
 
 def write(params: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
     return call(WRITE, params, **kwargs)
-
-
-def failure(spec: Any, params: dict[str, Any]) -> NodeError:
-    with pytest.raises(NodeError) as caught:
-        call(spec, params)
-    return caught.value
 
 
 # --- read ---------------------------------------------------------------------------------

@@ -15,46 +15,13 @@ import pytest
 from nodehost_std import package
 
 from nodehost import NodeError
-from nodehost.node_api import Context
+from std_support import acall
 
 SPEC = package.nodes["nodehost.std.http.request"]
 
 
-class Recorder:
-    """A Reporter that keeps what the node reported."""
-
-    def __init__(self) -> None:
-        self.chunks: list[tuple[str, str | None]] = []
-
-    def progress(self, fraction: float | None, stage: str | None, message: str | None) -> None:
-        pass
-
-    def chunk(
-        self,
-        channel: str,
-        text: str | None,
-        data: bytes | None,
-        mime_type: str | None,
-        terminal: bool,
-        metadata: dict[str, Any] | None,
-    ) -> None:
-        self.chunks.append((channel, text))
-
-    def partial(self, update: dict[str, Any]) -> None:
-        pass
-
-    def metric(self, name: str, value: float) -> None:
-        pass
-
-    def artifact(self, artifact: dict[str, Any]) -> None:
-        pass
-
-
 async def request(params: dict[str, Any]) -> dict[str, Any]:
-    ctx = Context(
-        run_id="run-1", node_id="http", task_id="task-1", attempt=1, spec=SPEC, reporter=Recorder()
-    )
-    return SPEC.encode_result(await SPEC.fn(ctx, SPEC.decode_params(params)))
+    return await acall(SPEC, params)
 
 
 class Handler(BaseHTTPRequestHandler):

@@ -9,55 +9,21 @@ import msgspec
 import pytest
 from nodehost_std import package
 
-from nodehost import NodeError
-from nodehost.node_api import Context
+from std_support import call, failure
 
 SPEC = package.nodes["nodehost.std.json.transform"]
 
 
-class Recorder:
-    """A Reporter that ignores what the node reports (transform reports nothing)."""
-
-    def progress(self, fraction: float | None, stage: str | None, message: str | None) -> None:
-        pass
-
-    def chunk(
-        self,
-        channel: str,
-        text: str | None,
-        data: bytes | None,
-        mime_type: str | None,
-        terminal: bool,
-        metadata: dict[str, Any] | None,
-    ) -> None:
-        pass
-
-    def partial(self, update: dict[str, Any]) -> None:
-        pass
-
-    def metric(self, name: str, value: float) -> None:
-        pass
-
-    def artifact(self, artifact: dict[str, Any]) -> None:
-        pass
-
-
 def transform(data: Any, *steps: dict[str, Any]) -> Any:
-    ctx = Context(
-        run_id="run-1", node_id="t", task_id="task-1", attempt=1, spec=SPEC, reporter=Recorder()
-    )
-    result = SPEC.encode_result(
-        SPEC.fn(ctx, SPEC.decode_params({"data": data, "steps": list(steps)}))
-    )
+    result = call(SPEC, {"data": data, "steps": list(steps)})
     assert list(result) == ["data"]
     return result["data"]
 
 
 def transform_error(data: Any, *steps: dict[str, Any]) -> str:
-    with pytest.raises(NodeError) as caught:
-        transform(data, *steps)
-    assert caught.value.code == "E.STD.TRANSFORM"
-    return caught.value.message
+    error = failure(SPEC, {"data": data, "steps": list(steps)})
+    assert error.code == "E.STD.TRANSFORM"
+    return error.message
 
 
 READINGS = {
