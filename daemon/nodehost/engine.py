@@ -84,9 +84,14 @@ _mp_encode = msgspec.msgpack.Encoder().encode
 _mp_decode = msgspec.msgpack.Decoder().decode
 
 
+_ATOMS = (str, int, float, bool, type(None))
+
+
 def _copy(value: Any) -> Any:
     """A deep copy of JSON-like data (fast: one msgpack round trip in C)."""
-    if isinstance(value, str | int | float | bool) or value is None:
+    if type(value) is dict:
+        return _mp_decode(_mp_encode(value)) if value else {}
+    if isinstance(value, _ATOMS):
         return value
     return _mp_decode(_mp_encode(value))
 
@@ -397,24 +402,48 @@ class Engine:
         for binding in task.g.inputs:
             source = tasks[binding.source_node]
             data = source.result if binding.source.root == "results" else source.parameters
+            segments = binding.source.segments
+            # the usual binding, one key deep (`/results/value`), without the general walk
+            if (len(segments) == 1 and type(data) is dict and type(segments[0]) is str
+                    and segments[0] in data):
+                value = data[segments[0]]
+            else:
+                try:
+                    value = get_value(data or {}, segments)
+                except MissingValue as exc:
+                    raise MissingValue(
+                        exc.pointer,
+                        f"edge {binding.edge}: node {binding.source_node!r} has no value at "
+                        f"/{binding.source.root}{exc.pointer}",
+                    ) from None
+            target = binding.target.segments
+            if len(target) == 1 and type(target[0]) is str and isinstance(params, dict):
+                # `/parameters/in0`: one key of the parameters, as set_value would set it
+                params[target[0]] = _copy(value)
+                continue
             try:
-                value = get_value(data or {}, binding.source.segments)
-            except MissingValue as exc:
-                raise MissingValue(
-                    exc.pointer,
-                    f"edge {binding.edge}: node {binding.source_node!r} has no value at "
-                    f"/{binding.source.root}{exc.pointer}",
-                ) from None
-            try:
-                set_value(params, binding.target.segments, _copy(value))
+                set_value(params, target, _copy(value))
             except BindingPathError as exc:
                 raise BindingPathError(f"edge {binding.edge}: {exc}") from None
         return params
 
     def dispatch(self, task: Task) -> Dispatch | None:
         """Start an attempt of a ready node; None if it is no longer ready (cancelled...)."""
-        if task.phase != "ready" or task.run.final:
+        if not self._start_attempt(task):
             return None
+        spec = task.g.spec
+        assert spec is not None and task.dispatch_id is not None
+        return Dispatch(
+            run_id=task.run.run_id, task_id=task.task_id, node_id=task.node_id,
+            dispatch_id=task.dispatch_id, attempt=task.attempt, spec=spec,
+            # a copy: a node that changes its parameters must not change the next attempt's
+            parameters=_copy(task.parameters), timeout=task.g.timeout,
+        )
+
+    def _start_attempt(self, task: Task) -> bool:
+        """The state change of `dispatch` (all that a replay needs); False if not ready."""
+        if task.phase != "ready" or task.run.final:
+            return False
         self._ts = self._now()
         self._dispatch_seq += 1
         task.attempt += 1
@@ -436,14 +465,7 @@ class Engine:
         timeout = task.g.timeout
         if timeout:
             self._effects.append(Timer(timeout, "timeout", task, task.attempt))
-        spec = task.g.spec
-        assert spec is not None
-        return Dispatch(
-            run_id=task.run.run_id, task_id=task.task_id, node_id=task.node_id,
-            dispatch_id=dispatch_id, attempt=task.attempt, spec=spec,
-            # a copy: a node that changes its parameters must not change the next attempt's
-            parameters=_copy(task.parameters), timeout=timeout,
-        )
+        return True
 
     def _start_container(self, task: Task, *, iterate: bool) -> None:
         if iterate:

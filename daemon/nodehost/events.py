@@ -57,11 +57,25 @@ class Envelope(msgspec.Struct, rename="camel", omit_defaults=True, kw_only=True,
 _encode = msgspec.json.Encoder().encode
 
 
+# Every stream encodes the same envelope: the frames of the most recent ones are kept (with
+# their envelope, so that an id() is not reused while its entry lives).
+_frames: dict[int, tuple[Envelope, bytes]] = {}
+_FRAMES_KEPT = 4096
+
+
 def sse_frame(envelope: Envelope) -> bytes:
     """The three-line SSE frame of an envelope, blank line included."""
-    return b"id: %s\nevent: %s\ndata: %s\n\n" % (
+    key = id(envelope)
+    hit = _frames.get(key)
+    if hit is not None and hit[0] is envelope:
+        return hit[1]
+    frame = b"id: %s\nevent: %s\ndata: %s\n\n" % (
         envelope.id.encode(), envelope.type.encode(), _encode(envelope)
     )
+    if len(_frames) >= _FRAMES_KEPT:
+        del _frames[next(iter(_frames))]  # the oldest
+    _frames[key] = (envelope, frame)
+    return frame
 
 
 @dataclass(slots=True)

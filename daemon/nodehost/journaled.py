@@ -13,6 +13,7 @@ timeouts are started again. No I/O here: `append` only buffers into the store.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -32,6 +33,8 @@ __all__ = ["JournaledEngine"]
 log = logging.getLogger(__name__)
 
 Compile = Callable[[Workflow], Graph]
+
+_mp_encode = msgspec.msgpack.Encoder().encode
 
 
 class JournaledEngine(Engine):
@@ -163,30 +166,47 @@ class JournaledEngine(Engine):
     # --- recovery --------------------------------------------------------------------------------
 
     def replay(self, records: Iterable[rec.Record], compile: Compile) -> int:
-        """Apply journaled calls to this (empty) engine; returns how many were applied."""
+        """Apply journaled calls to this (empty) engine; returns how many were applied.
+
+        Runs of the same document share one compiled graph (graphs are read-only), and the
+        cycle collector is paused meanwhile (see `records.paused_gc`).
+        """
         self._replaying = True
         applied = 0
+        compiled: dict[bytes, tuple[Workflow, Graph] | WorkflowInvalid] = {}
         try:
-            for record in records:
-                self._clock = record.ts
-                self.event_seq = record.seq
-                self._apply(record, compile)
-                self._effects.clear()
-                applied += 1
+            with rec.paused_gc():
+                for record in records:
+                    self._clock = record.ts
+                    self.event_seq = record.seq
+                    self._apply(record, compile, compiled)
+                    self._effects.clear()
+                    applied += 1
         finally:
             self._replaying = False
             self._clock = None
         return applied
 
-    def _apply(self, r: rec.Record, compile: Compile) -> None:
+    def _apply(self, r: rec.Record, compile: Compile,
+               compiled: dict[bytes, tuple[Workflow, Graph] | WorkflowInvalid] | None = None,
+               ) -> None:
         if isinstance(r, rec.Submit):
-            workflow = msgspec.convert(r.workflow, Workflow)
-            try:
-                graph = compile(workflow)
-            except WorkflowInvalid as exc:
+            # the same document (byte for byte) compiles to the same graph: once per replay
+            key = hashlib.sha256(_mp_encode(r.workflow)).digest()
+            found = compiled.get(key) if compiled is not None else None
+            if found is None:
+                workflow = msgspec.convert(r.workflow, Workflow)
+                try:
+                    found = (workflow, compile(workflow))
+                except WorkflowInvalid as exc:
+                    found = exc
+                if compiled is not None:
+                    compiled[key] = found
+            if isinstance(found, WorkflowInvalid):
                 log.error("run %s cannot be restored: its workflow no longer validates (%s)",
-                          r.run_id, "; ".join(str(i) for i in exc.issues[:3]))
+                          r.run_id, "; ".join(str(i) for i in found.issues[:3]))
                 return
+            workflow, graph = found
             Engine.submit(self, workflow, graph, client_id=r.client_id,
                           definition_hash=r.definition_hash, tenant=r.tenant,
                           options=msgspec.convert(r.options, RunOptions), run_id=r.run_id,
@@ -195,7 +215,7 @@ class JournaledEngine(Engine):
             run = self.runs.get(r.run_id)
             if run is not None and r.task_id in run.tasks:
                 self._dispatch_seq = r.dispatch_seq - 1
-                Engine.dispatch(self, run.tasks[r.task_id])
+                self._start_attempt(run.tasks[r.task_id])  # no Dispatch to hand out
         elif isinstance(r, rec.Complete):
             Engine.complete(self, r.dispatch_id, r.result)
         elif isinstance(r, rec.Fail):

@@ -27,12 +27,13 @@ class Task:
     __slots__ = (
         "artifacts", "attempt", "child", "dispatch_id", "error", "finished_at", "frame", "g",
         "message", "metrics", "node_id", "parameters", "partial", "pending", "phase",
-        "progress", "result", "seq", "stage", "started_at", "status", "task_id", "tries",
-        "try_fence", "turns", "updated_at",
+        "progress", "result", "run", "seq", "stage", "started_at", "status", "task_id",
+        "tries", "try_fence", "turns", "updated_at",
     )
 
     def __init__(self, frame: Frame, g: GraphNode, task_id: str) -> None:
         self.frame = frame
+        self.run: Run = frame.run  # a task's frame, and so its run, never change
         self.g = g
         self.node_id = g.id
         self.task_id = task_id
@@ -64,10 +65,6 @@ class Task:
         self.seq = 0  # delta sequence within the current revision
         self.metrics: dict[str, float] = {}
         self.artifacts: list[dict[str, Any]] = []
-
-    @property
-    def run(self) -> Run:
-        return self.frame.run
 
     @property
     def final(self) -> bool:

@@ -26,7 +26,7 @@ from anyio.abc import TaskStatus
 
 from ..errors import NodehostError
 from .journal import DiskFull, JournalWriter, read_journal
-from .records import Forget, Record, decode_record, encode_record
+from .records import Forget, Record, decode_record, encode_record, paused_gc
 from .snapshot import read_newest, write_snapshot
 
 __all__ = ["Recovered", "Store", "StoreFailed"]
@@ -90,18 +90,19 @@ class Store:
         started = time.perf_counter()
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         records: list[Record] = []
-        snapshot = read_newest(self.snapshot_dir)
-        lsn = 0
-        if snapshot is not None:
-            lsn, body = snapshot
-            records.extend(_unpack_snapshot(body))
-        self.snapshot_lsn = lsn
-        last = lsn
-        for record_lsn, payload in read_journal(self.journal_dir):
-            if record_lsn <= lsn:
-                continue  # already in the snapshot
-            records.append(decode_record(payload))
-            last = record_lsn
+        with paused_gc():
+            snapshot = read_newest(self.snapshot_dir)
+            lsn = 0
+            if snapshot is not None:
+                lsn, body = snapshot
+                records.extend(_unpack_snapshot(body))
+            self.snapshot_lsn = lsn
+            last = lsn
+            for record_lsn, payload in read_journal(self.journal_dir):
+                if record_lsn <= lsn:
+                    continue  # already in the snapshot
+                records.append(decode_record(payload))
+                last = record_lsn
         self._writer = JournalWriter(self.journal_dir, next_lsn=last + 1,
                                      segment_bytes=self._segment_bytes)
         self.records_since_snapshot = last - lsn

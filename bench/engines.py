@@ -1,0 +1,289 @@
+"""One function per engine: run a graph `repeats` times, return the wall time of each run.
+
+Every function here runs inside a fresh child process (see child.py), so the peak RSS the
+child reports belongs to that engine alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import resource
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from . import graphs, nodes
+
+PARALLELISM = 32  # nodehost's default [scheduler] parallelism; the bare loops use the same
+
+
+def _maxrss_kb() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+# --- nodehost ------------------------------------------------------------------------------------
+
+def nodehost_store_dir(base: str | None) -> tempfile.TemporaryDirectory[str]:
+    return tempfile.TemporaryDirectory(prefix="nodehost-bench-", dir=base)
+
+
+async def nodehost_once(prepared: Any, catalog: Any, state_dir: Path, *,
+                        parallelism: int = PARALLELISM) -> dict[str, Any]:
+    """One run of a prepared document through a journaled host: (submit -> finished and
+    durable) seconds, plus counters."""
+    import anyio
+
+    from nodehost.embedded import EmbeddedHost
+    from nodehost.journaled import JournaledEngine
+    from nodehost.scheduler import SchedulerLimits
+    from nodehost.store.store import Store
+
+    store = Store(state_dir, fsync="batch")
+    store.open()
+    host = EmbeddedHost(
+        catalog,
+        engine_factory=lambda sink: JournaledEngine(append=store.append, sink=sink),
+        limits=SchedulerLimits(parallelism=parallelism),
+    )
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(store.run)
+            async with host.running():
+                started = time.perf_counter()
+                run = host.submit(prepared)
+                await host.scheduler.wait_run(run.run_id)
+                await store.wait_durable()
+                seconds = time.perf_counter() - started
+            tg.cancel_scope.cancel()
+    finally:
+        store.close()
+    if run.status != "succeeded":
+        raise RuntimeError(f"nodehost run ended {run.status}: {run.error}")
+    return {"seconds": seconds, "events": host.bus.published, "records": store.records_written,
+            "batches": store.batches}
+
+
+def _repeat(repeats: int, budget: float | None) -> Any:
+    """range(repeats), cut short once `budget` seconds have passed (at least one)."""
+    started = time.perf_counter()
+    for n in range(repeats):
+        if n and budget is not None and time.perf_counter() - started > budget:
+            return
+        yield n
+
+
+def run_nodehost(shape: graphs.Shape, data: bool, repeats: int, budget: float | None,
+                 state_base: str | None, parallelism: int = PARALLELISM) -> dict[str, Any]:
+    import anyio
+
+    from nodehost.embedded import prepare
+
+    catalog = nodes.catalog()
+    doc = graphs.nodehost_document(shape, data=data)
+    times, prepares, last = [], [], {}
+    for _ in _repeat(repeats, budget):
+        t = time.perf_counter()
+        prepared = prepare(doc, catalog)  # decode, validate, compile: timed on its own
+        prepares.append(time.perf_counter() - t)
+        with nodehost_store_dir(state_base) as tmp:
+            last = anyio.run(partial(nodehost_once, prepared, catalog, Path(tmp),
+                                          parallelism=parallelism))
+        times.append(last["seconds"])
+        del prepared
+        gc.collect()
+    return {"times": times, "prepare": min(prepares), "events": last["events"],
+            "records": last["records"], "batches": last["batches"]}
+
+
+# --- bare loops: the floor of an async Python scheduler ----------------------------------------
+
+async def _noop(args: Any) -> Any:
+    return None
+
+
+async def _value(args: Any) -> Any:
+    return nodes.VALUE
+
+
+def _prep(shape: graphs.Shape) -> tuple[list[int], list[list[int]], deque[int]]:
+    indeg = [len(ups) for ups in shape.deps]
+    down: list[list[int]] = [[] for _ in shape.deps]
+    for i, ups in enumerate(shape.deps):
+        for u in ups:
+            down[u].append(i)
+    return indeg, down, deque(i for i, d in enumerate(indeg) if not d)
+
+
+async def bare_sequential(shape: graphs.Shape, data: bool, parallelism: int) -> None:
+    """Pop a ready node, await its no-op, release its dependents: no task per node."""
+    indeg, down, ready = _prep(shape)
+    deps = shape.deps
+    results: list[Any] = [None] * len(deps)
+    fn = _value if data else _noop
+    while ready:
+        i = ready.popleft()
+        results[i] = await fn([results[u] for u in deps[i]] if data else ())
+        for d in down[i]:
+            indeg[d] -= 1
+            if not indeg[d]:
+                ready.append(d)
+
+
+async def bare_asyncio(shape: graphs.Shape, data: bool, parallelism: int) -> None:
+    """One asyncio task per node, at most `parallelism` at once; a finishing task releases
+    its dependents and starts what became ready (as nodehost's scheduler does)."""
+    indeg, down, ready = _prep(shape)
+    deps = shape.deps
+    n = len(deps)
+    results: list[Any] = [None] * n
+    fn = _value if data else _noop
+    state = {"running": 0, "finished": 0}
+    done = asyncio.Event()
+    tasks: set[asyncio.Task[None]] = set()
+
+    def pump() -> None:
+        while ready and state["running"] < parallelism:
+            i = ready.popleft()
+            state["running"] += 1
+            task = asyncio.create_task(one(i, [results[u] for u in deps[i]] if data else ()))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    async def one(i: int, args: Any) -> None:
+        results[i] = await fn(args)
+        state["running"] -= 1
+        state["finished"] += 1
+        for d in down[i]:
+            indeg[d] -= 1
+            if not indeg[d]:
+                ready.append(d)
+        if state["finished"] == n:
+            done.set()
+        pump()
+
+    pump()
+    await done.wait()
+
+
+async def bare_anyio(shape: graphs.Shape, data: bool, parallelism: int) -> None:
+    """The same loop on anyio: one task per node through TaskGroup.start_soon (what
+    nodehost's scheduler uses for an attempt)."""
+    import anyio
+
+    indeg, down, ready = _prep(shape)
+    deps = shape.deps
+    results: list[Any] = [None] * len(deps)
+    fn = _value if data else _noop
+    state = {"running": 0}
+
+    async with anyio.create_task_group() as tg:
+        def pump() -> None:
+            while ready and state["running"] < parallelism:
+                i = ready.popleft()
+                state["running"] += 1
+                tg.start_soon(one, i, [results[u] for u in deps[i]] if data else ())
+
+        async def one(i: int, args: Any) -> None:
+            results[i] = await fn(args)
+            state["running"] -= 1
+            for d in down[i]:
+                indeg[d] -= 1
+                if not indeg[d]:
+                    ready.append(d)
+            pump()
+
+        pump()
+
+
+BARE: dict[str, Callable[..., Any]] = {
+    "bare-seq": bare_sequential,
+    "bare-asyncio": bare_asyncio,
+    "bare-anyio": bare_anyio,
+}
+
+
+def run_bare(engine: str, shape: graphs.Shape, data: bool, repeats: int,
+             budget: float | None, parallelism: int = PARALLELISM) -> dict[str, Any]:
+    fn = BARE[engine]
+    times = []
+    for _ in _repeat(repeats, budget):
+        started = time.perf_counter()
+        asyncio.run(fn(shape, data, parallelism))
+        times.append(time.perf_counter() - started)
+    # the event loop's start-up is in there: measure it alone and take it out
+    loop_start = min(_time(lambda: asyncio.run(_noop(None))) for _ in range(5))
+    return {"times": [t - loop_start for t in times]}
+
+
+def _time(fn: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+# --- Dask ----------------------------------------------------------------------------------------
+
+def run_dask_local(engine: str, shape: graphs.Shape, data: bool, repeats: int,
+                   budget: float | None) -> dict[str, Any]:
+    import dask
+    import dask.threaded
+
+    get = dask.get if engine == "dask-sync" else dask.threaded.get
+    dsk, keys = graphs.dask_graph(shape, data=data)
+    get(*graphs.dask_graph(graphs.chain(10), data=data))  # warm up (thread pool, imports)
+    times = []
+    for _ in _repeat(repeats, budget):
+        started = time.perf_counter()
+        get(dsk, keys)
+        times.append(time.perf_counter() - started)
+    return {"times": times, "dask": dask.__version__}
+
+
+def run_distributed(shape: graphs.Shape, data: bool, repeats: int,
+                    budget: float | None) -> dict[str, Any]:
+    import dask
+    from distributed import Client, LocalCluster
+
+    for name in ("distributed", "bokeh", "tornado"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    dsk, keys = graphs.dask_graph(shape, data=data)
+    started = time.perf_counter()
+    with LocalCluster(dashboard_address=None, silence_logs=logging.ERROR) as cluster, \
+            Client(cluster) as client:
+        startup = time.perf_counter() - started
+        workers = client.scheduler_info()["workers"]
+        client.get(*graphs.dask_graph(graphs.chain(10), data=data))  # warm up
+        times = []
+        for _ in _repeat(repeats, budget):
+            started = time.perf_counter()
+            client.get(dsk, keys)
+            times.append(time.perf_counter() - started)
+        worker_rss = client.run(_maxrss_kb)  # peak RSS of each worker process
+        threads = sum(w.get("nthreads", 0) for w in workers.values())
+    return {"times": times, "startup": startup, "dask": dask.__version__,
+            "workers": len(workers), "threads": threads,
+            "extra_rss_kb": sum(worker_rss.values())}
+
+
+def run_engine(engine: str, shape: graphs.Shape, data: bool, repeats: int,
+               budget: float | None, state_base: str | None) -> dict[str, Any]:
+    if engine == "nodehost":
+        out = run_nodehost(shape, data, repeats, budget, state_base)
+    elif engine in BARE:
+        out = run_bare(engine, shape, data, repeats, budget)
+    elif engine in ("dask-sync", "dask-threaded"):
+        out = run_dask_local(engine, shape, data, repeats, budget)
+    elif engine == "distributed":
+        out = run_distributed(shape, data, repeats, budget)
+    else:
+        raise ValueError(f"unknown engine {engine!r}")
+    out["nodes"] = len(shape)
+    out["best"] = min(out["times"])
+    out["rss_kb"] = _maxrss_kb() + out.pop("extra_rss_kb", 0)
+    return out
