@@ -167,10 +167,11 @@ class NodeSpec:
     idempotent: bool = False
     description: str = ""
     _schemas: dict[str, Any] = field(default_factory=dict, repr=False)
+    # asked once per attempt on the hot path: worked out once, here
+    is_async: bool = field(init=False, repr=False, default=False)
 
-    @property
-    def is_async(self) -> bool:
-        return inspect.iscoroutinefunction(self.fn)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "is_async", inspect.iscoroutinefunction(self.fn))
 
     @property
     def key(self) -> tuple[str, str, str]:

@@ -131,6 +131,7 @@ class _Compiler:
         self.catalog = catalog
         self.limits = limits
         self.issues: list[Issue] = []
+        self._ports: dict[tuple[int, str], dict[str, Port]] = {}  # by (id(node), kind)
         self.subgraphs: dict[str, tuple[Workflow, str]] = {}  # id -> (definition, its path)
         self.graphs: dict[str, Graph] = {}  # compiled subgraphs, by id
         self.compiling: list[str] = []  # subgraph ids on the current path (cycle guard)
@@ -194,7 +195,8 @@ class _Compiler:
             if gnode is not None:
                 graph.nodes[node.id] = gnode
 
-        upstream: dict[str, list[str]] = {nid: [] for nid in index}
+        # ordered sets: a wide join must not cost a scan per edge
+        upstream: dict[str, dict[str, None]] = {nid: {} for nid in index}
         inputs: dict[str, list[DataBinding]] = {nid: [] for nid in index}
         for j, edge in enumerate(wf.edges):
             epath = f"{path}.edges[{j}]"
@@ -209,8 +211,7 @@ class _Compiler:
             dst = wf.nodes[index[edge.target.node]]
             src_port = self._port(src, edge.source.port, "output", f"{epath}.source.port")
             dst_port = self._port(dst, edge.target.port, "input", f"{epath}.target.port")
-            if edge.source.node not in upstream[edge.target.node]:
-                upstream[edge.target.node].append(edge.source.node)
+            upstream[edge.target.node][edge.source.node] = None
             if src_port is None or dst_port is None:
                 continue
             if src_port.binding is None or dst_port.binding is None:
@@ -219,8 +220,7 @@ class _Compiler:
                                          dst, dst_port, epath)
             if binding is not None:
                 inputs[edge.target.node].append(binding)
-                if binding.source_node not in upstream[edge.target.node]:
-                    upstream[edge.target.node].append(binding.source_node)
+                upstream[edge.target.node][binding.source_node] = None
 
         self._check_cycles(upstream, wf, index, path)
         downstream: dict[str, list[str]] = {nid: [] for nid in index}
@@ -241,12 +241,17 @@ class _Compiler:
     def _port(self, node: Node, key: str | None, kind: str, path: str) -> Port | None:
         if key is None:
             return None
-        ui = node.ui
-        ports = (ui.output_ports if kind == "output" else ui.input_ports) if ui else []
-        for port in ports:
-            if port.key == key:
-                return port
-        known = sorted(p.key for p in ports)
+        by_key = self._ports.get((id(node), kind))
+        if by_key is None:
+            ui = node.ui
+            ports = (ui.output_ports if kind == "output" else ui.input_ports) if ui else []
+            by_key = self._ports[(id(node), kind)] = {}
+            for port in ports:
+                by_key.setdefault(port.key, port)  # the first of a duplicated key wins
+        port = by_key.get(key)
+        if port is not None:
+            return port
+        known = sorted(by_key)
         self.issue(path, f"node {node.id!r} has no {kind} port {key!r}"
                          + (f" (it has {known})" if known else " (it declares none)"))
         return None
@@ -506,7 +511,8 @@ class _Compiler:
         return owner.id, tuple(prefix)
 
     def _check_cycles(
-        self, upstream: dict[str, list[str]], wf: Workflow, index: dict[str, int], path: str
+        self, upstream: dict[str, dict[str, None]], wf: Workflow, index: dict[str, int],
+        path: str
     ) -> None:
         indegree = {nid: len(ups) for nid, ups in upstream.items()}
         downstream: dict[str, list[str]] = {nid: [] for nid in upstream}
@@ -529,7 +535,7 @@ class _Compiler:
         self.issue(f"{path}.edges", "cycle: " + " -> ".join(cycle))
 
 
-def _find_cycle(stuck: set[str], upstream: dict[str, list[str]]) -> list[str]:
+def _find_cycle(stuck: set[str], upstream: dict[str, dict[str, None]]) -> list[str]:
     """One cycle among the nodes left over by Kahn's algorithm, as a closed walk."""
     start = min(stuck)
     walk, pos = [start], {start: 0}
