@@ -8,6 +8,7 @@ it takes effects, dispatches Ready tasks, completes them with a fake function pe
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -170,7 +171,7 @@ def edge(source: str, target: str, source_port: str | None = None,
 
 def chain(*ids: str) -> list[dict[str, Any]]:
     """Dependency-only edges a -> b -> c ..."""
-    return [edge(a, b) for a, b in zip(ids, ids[1:], strict=False)]
+    return [edge(a, b) for a, b in itertools.pairwise(ids)]
 
 
 def workflow(

@@ -46,7 +46,7 @@ def test_validate_names_every_problem_by_path(tmp_path: Path) -> None:
     nodes = doc["workflow"]["nodes"]
     nodes[1]["id"] = nodes[0]["id"]
     nodes[3]["package"]["version"] = "9.9.9"
-    code, out, err = invoke("validate", write(tmp_path, "bad.json", doc))
+    code, _out, err = invoke("validate", write(tmp_path, "bad.json", doc))
     assert code == 2
     assert "$.workflow.nodes[1].id: duplicate node id 'sensor'" in err
     assert "$.workflow.nodes[3].package.version" in err and "'1.0.0'" in err

@@ -275,7 +275,7 @@ def test_cancel_a_node_waiting_for_its_retry() -> None:
     d = Driver()
     run = d.submit(workflow([node("a", retry={"maxAttempts": 3, "backoffSeconds": 5})]))
     d.fail("a")
-    [timer] = d.timers
+    [_timer] = d.timers
     d.engine.cancel_run(run.run_id)
     d.fire(kind="retry")
     assert run.tasks["a"].status == "cancelled" and d.running == {}

@@ -105,19 +105,19 @@ def nested() -> dict[str, Any]:
     )
 
 
-O = "wf::outer::s1"
-M = f"{O}::mid::s2"
+OUTER = "wf::outer::s1"
+MIDDLE = f"{OUTER}::mid::s2"
 
 
 def test_nested_containers_complete_their_parents() -> None:
     """The innermost frame finishing completes mid, which completes outer, then `after` runs."""
     d = Driver()
     run = d.submit(nested())
-    assert sorted(d.running_ids()) == sorted([f"{O}::p", f"{M}::q"])
-    d.complete(f"{O}::p", {"p": 1})
-    d.complete(f"{M}::q", {"q": 1})
-    d.complete(f"{M}::r", {"r": 1})
-    assert run.tasks[f"{O}::mid"].status == "succeeded"
+    assert sorted(d.running_ids()) == sorted([f"{OUTER}::p", f"{MIDDLE}::q"])
+    d.complete(f"{OUTER}::p", {"p": 1})
+    d.complete(f"{MIDDLE}::q", {"q": 1})
+    d.complete(f"{MIDDLE}::r", {"r": 1})
+    assert run.tasks[f"{OUTER}::mid"].status == "succeeded"
     assert run.tasks["outer"].status == "succeeded"
     assert run.tasks["outer"].result == {"p": {"p": 1}, "mid": {"q": {"q": 1}, "r": {"r": 1}}}
     d.complete("after")
@@ -134,7 +134,7 @@ def test_nested_injection_through_two_levels() -> None:
     doc["edges"].append(edge("src", "outer", "o", "i"))
     d.submit(doc)
     d.complete("src", {"v": "deep"})
-    assert d.attempt(f"{M}::q").parameters == {"v": "deep"}
+    assert d.attempt(f"{MIDDLE}::q").parameters == {"v": "deep"}
 
 
 def test_several_containers_run_at_once() -> None:
@@ -176,8 +176,8 @@ def test_nested_failure_names_the_leaf() -> None:
     d.on("r", Fail("no"))
     run = d.submit(nested())
     d.run()
-    assert run.tasks["outer"].error.message == f"node {M}::r failed: no"
-    assert run.error.message == f"node {M}::r failed: no" and run.status == "failed"
+    assert run.tasks["outer"].error.message == f"node {MIDDLE}::r failed: no"
+    assert run.error.message == f"node {MIDDLE}::r failed: no" and run.status == "failed"
 
 
 def test_container_retry_runs_the_subgraph_again() -> None:
@@ -299,12 +299,12 @@ def test_stale_inner_container_timeout_after_the_outer_retry() -> None:
     run = d.submit(doc)
     old_mid_timer = next(t for t in d.timers if t.task.node_id == "mid")
     d.fire(kind="timeout", task_id="outer")  # outer times out and is retried
-    assert run.tasks[f"{O}::mid"].status == "running"
+    assert run.tasks[f"{OUTER}::mid"].status == "running"
     d.timers.remove(old_mid_timer)
     d.engine.fire_timer(old_mid_timer)
     d.pump()
-    assert run.tasks[f"{O}::mid"].status == "running"
-    assert d.running_ids() == [f"{O}::mid::s2::q"]
+    assert run.tasks[f"{OUTER}::mid"].status == "running"
+    assert d.running_ids() == [f"{OUTER}::mid::s2::q"]
     d.run()
     assert run.status == "succeeded"
 
@@ -383,7 +383,7 @@ def test_cancel_reaches_nodes_in_frames() -> None:
     """Cancelling a run cancels running nodes at every depth."""
     d = Driver()
     run = d.submit(nested())
-    inner = {d.attempt(t).dispatch_id for t in (f"{O}::p", f"{M}::q")}
+    inner = {d.attempt(t).dispatch_id for t in (f"{OUTER}::p", f"{MIDDLE}::q")}
     d.engine.cancel_run(run.run_id)
     d.pump()
     assert set(d.cancels) == inner

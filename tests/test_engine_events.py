@@ -201,7 +201,7 @@ def test_every_envelope_encodes_as_an_sse_frame() -> None:
     d.run()
     for envelope in d.envelopes:
         frame = sse_frame(envelope)
-        head, event, data, blank = frame.split(b"\n", 3)
+        head, _event, data, blank = frame.split(b"\n", 3)
         assert head == b"id: " + envelope.id.encode() and blank == b"\n"
         decoded = msgspec.json.decode(data.removeprefix(b"data: "))
         assert decoded["type"] == envelope.type and decoded["data"]["kind"] == envelope.type
