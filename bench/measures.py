@@ -208,7 +208,9 @@ def recovery_read(state_dir: str) -> dict[str, Any]:
     opened = time.perf_counter()
     bus = EventBus()  # replayed envelopes are published, as in the daemon
     engine = JournaledEngine(append=store.append, sink=bus.publish_nowait)
-    applied = engine.replay(recovered.records, lambda wf: compile_workflow(wf, catalog))
+    # as the daemon does: rebuild only the events its replay buffer can hold
+    applied = engine.replay(recovered.records, lambda wf: compile_workflow(wf, catalog),
+                            keep_events=10_000)
     replayed = time.perf_counter()
     resumed = engine.resume()
     done = time.perf_counter()

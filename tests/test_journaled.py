@@ -173,3 +173,22 @@ def test_retention_forgets_old_and_surplus_finished_runs_only() -> None:
     assert by_count == [r.run_id for r in finished[:3]]
     assert active.run_id not in runs_to_forget(d.engine.runs.values(), Retention(None, 1),
                                                now + timedelta(days=365))
+
+
+def test_a_replay_builds_only_the_events_a_buffer_can_still_hold() -> None:
+    """With keep_events, the state and the event ids are the same, older events are only
+    counted, and the newest come out exactly as they first did."""
+    d = JournaledDriver()
+    for _ in range(5):
+        d.submit(workflow([node("a"), node("b"), node("c")], [edge("a", "b"), edge("b", "c")]))
+        d.run()
+    envelopes: list[Any] = []
+    engine = JournaledEngine(append=lambda r: None, sink=envelopes.append)
+    engine.replay(d.records, lambda wf: compile_doc(msgspec.to_builtins(wf), CATALOG)[1],
+                  keep_events=10)
+    assert state(engine) == state(d.engine)
+    assert engine.event_seq == d.engine.event_seq
+    assert 10 <= len(envelopes) < len(d.envelopes)
+    tail = [msgspec.to_builtins(e) for e in d.envelopes[-len(envelopes):]]
+    assert [msgspec.to_builtins(e) for e in envelopes] == tail
+    assert engine.quiet_until == 0  # live events are built again

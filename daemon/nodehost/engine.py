@@ -147,6 +147,9 @@ class Engine:
     ) -> None:
         self.runs: dict[str, Run] = {}
         self.event_seq = event_seq
+        # events numbered up to this are counted but not built (set by a replay for what is
+        # older than any buffer could hold; 0 = build every event)
+        self.quiet_until = 0
         self._sink = sink or (lambda envelope: None)
         self._now = now
         self._rng = rng or random.Random()
@@ -190,7 +193,17 @@ class Engine:
             data=data,
         ))
 
+    def _muted(self) -> bool:
+        """During a replay, events older than what anyone can still ask for are only
+        counted (their ids stay the same), not built: see `quiet_until`."""
+        if self.event_seq < self.quiet_until:
+            self.event_seq += 1
+            return True
+        return False
+
     def _emit_run_status(self, run: Run, reason: str | None = None) -> None:
+        if self._muted():
+            return
         data: dict[str, Any] = {"kind": "run.status", "runId": run.run_id, "status": run.status}
         if run.started_at:
             data["startedAt"] = run.started_at
@@ -201,12 +214,16 @@ class Engine:
         self._emit(run, "run.status", data)
 
     def _emit_snapshot(self, run: Run) -> None:
+        if self._muted():
+            return
         summary = msgspec.to_builtins(run_summary(run))
         nodes = summary.pop("nodes", None) or []
         self._emit(run, "run.snapshot", {"kind": "run.snapshot", "run": summary, "nodes": nodes})
 
     def _emit_node_state(self, task: Task) -> None:
         task.updated_at = self._ts
+        if self._muted():
+            return
         state: dict[str, Any] = {"stage": task.stage or task.status, "lastUpdatedAt": self._ts}
         if task.progress is not None:
             state["progress"] = task.progress
@@ -221,6 +238,8 @@ class Engine:
         })
 
     def _emit_result_snapshot(self, task: Task, complete: bool) -> None:
+        if self._muted():
+            return
         data: dict[str, Any] = {
             "kind": "node.result.snapshot", "runId": task.run.run_id, "nodeId": task.node_id,
             "taskId": task.task_id, "revision": task.attempt, "format": "json",
@@ -236,6 +255,8 @@ class Engine:
     def _emit_delta(self, task: Task, operation: str, path: str, payload: Any,
                     chunk_meta: dict[str, Any] | None = None, terminal: bool = False) -> None:
         task.seq += 1
+        if self._muted():
+            return
         data: dict[str, Any] = {
             "kind": "node.result.delta", "runId": task.run.run_id, "nodeId": task.node_id,
             "taskId": task.task_id, "revision": task.attempt, "sequence": task.seq,

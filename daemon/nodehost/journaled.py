@@ -165,12 +165,17 @@ class JournaledEngine(Engine):
 
     # --- recovery --------------------------------------------------------------------------------
 
-    def replay(self, records: Iterable[rec.Record], compile: Compile) -> int:
+    def replay(self, records: Iterable[rec.Record], compile: Compile, *,
+               keep_events: int | None = None) -> int:
         """Apply journaled calls to this (empty) engine; returns how many were applied.
 
         Runs of the same document share one compiled graph (graphs are read-only), and the
-        cycle collector is paused meanwhile (see `records.paused_gc`).
+        cycle collector is paused meanwhile (see `records.paused_gc`). With `keep_events`
+        (a list of records), only about the last that many events are built and published
+        (enough to fill the replay buffer); older ones keep their ids but are only counted.
         """
+        if keep_events is not None and isinstance(records, list) and records:
+            self.quiet_until = records[-1].seq - keep_events
         self._replaying = True
         applied = 0
         compiled: dict[bytes, tuple[Workflow, Graph] | WorkflowInvalid] = {}
@@ -185,6 +190,7 @@ class JournaledEngine(Engine):
         finally:
             self._replaying = False
             self._clock = None
+            self.quiet_until = 0
         return applied
 
     def _apply(self, r: rec.Record, compile: Compile,

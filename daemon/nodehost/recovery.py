@@ -65,14 +65,17 @@ class RecoveryReport:
 
 
 def recover(engine: JournaledEngine, recovered: Recovered, catalog: Catalog,
-            limits: Limits) -> RecoveryReport:
-    """Replay what the store read into `engine`, then settle what the restart interrupted."""
+            limits: Limits, *, keep_events: int | None = None) -> RecoveryReport:
+    """Replay what the store read into `engine`, then settle what the restart interrupted.
+
+    `keep_events`: how many of the newest events to rebuild for the replay buffer (the
+    older ones keep their ids but are not built: nobody could be sent them)."""
     lookup = RecoveryCatalog(catalog)
 
     def compile(workflow: Workflow):  # type: ignore[no-untyped-def]
         return compile_workflow(workflow, lookup, limits)  # type: ignore[arg-type]
 
-    applied = engine.replay(recovered.records, compile)
+    applied = engine.replay(recovered.records, compile, keep_events=keep_events)
     resumed = engine.resume()
     active = sum(1 for r in engine.runs.values() if not r.final)
     report = RecoveryReport(len(engine.runs), active, applied, recovered.seconds, resumed)

@@ -264,7 +264,7 @@ class Daemon:
         if journal is not None and self._recovered is not None:
             assert isinstance(host.engine, JournaledEngine)
             self.recovery = recover(host.engine, self._recovered, self.catalog,
-                                    host.document_limits)
+                                    host.document_limits, keep_events=events.replay_buffer)
             self._recovered = None  # the records are in the engine now
             api.restore(host.engine.runs.values())
         app = create_app(api, authenticator=self.authenticator, allowed_hosts=allowed)
