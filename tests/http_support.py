@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -181,6 +182,17 @@ async def api_client(*, tokens: dict[str, str] | None = None, require_token: boo
 
 
 # --- a real daemon: uvicorn on a Unix socket ------------------------------------------------
+
+
+def reap(process: subprocess.Popen[bytes]) -> None:
+    """End a process a test started (if it is still running) and close its pipes."""
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+    for stream in (process.stdin, process.stdout, process.stderr):
+        if stream is not None:
+            stream.close()
+
 
 
 @contextmanager

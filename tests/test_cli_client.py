@@ -21,6 +21,7 @@ from http_support import (
     daemon_config,
     doc,
     node,
+    reap,
     running_daemon,
     short_tmpdir,
 )
@@ -77,10 +78,7 @@ def _serve(directory: str, extra: str = "") -> Iterator[Served]:
         try:
             assert process.wait(timeout=10) == 0
         finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-            process.stderr.close()  # type: ignore[union-attr]
+            reap(process)
 
 
 @pytest.fixture(scope="module")
@@ -139,11 +137,7 @@ def test_watch_exits_130_when_the_run_is_cancelled(served: Served) -> None:
         assert watcher.wait(timeout=10) == 130
         assert "cancelled" in watcher.stdout.read().decode()  # type: ignore[union-attr]
     finally:
-        if watcher.poll() is None:
-            watcher.kill()
-            watcher.wait()
-        watcher.stdout.close()  # type: ignore[union-attr]
-        watcher.stderr.close()  # type: ignore[union-attr]
+        reap(watcher)
     code, _, _ = served.invoke("watch", run_id)
     assert code == 130  # already over: the summary at once
 

@@ -17,7 +17,7 @@ import httpx
 import msgspec
 import pytest
 
-from http_support import TOKEN_A, catalog, daemon_config, running_daemon, short_tmpdir
+from http_support import TOKEN_A, catalog, daemon_config, reap, running_daemon, short_tmpdir
 from nodehost.config import Config, ConfigError, load_config
 from nodehost.service import Daemon, StartError, bind_unix
 
@@ -261,11 +261,7 @@ def test_serve_stops_on_a_signal_with_an_open_stream_and_a_running_run(signum: i
             assert not os.path.exists(sock)
             assert "stopping" in process.stderr.read().decode()  # type: ignore[union-attr]
         finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-            process.stdout.close()  # type: ignore[union-attr]
-            process.stderr.close()  # type: ignore[union-attr]
+            reap(process)
 
 
 def test_serve_refuses_tcp_without_tokens_with_exit_2() -> None:
@@ -308,8 +304,4 @@ def test_serve_uses_a_socket_passed_by_systemd() -> None:
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=10) == 0
         finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-            process.stdout.close()  # type: ignore[union-attr]
-            process.stderr.close()  # type: ignore[union-attr]
+            reap(process)
