@@ -19,6 +19,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import time
 import traceback
 from collections import OrderedDict, defaultdict, deque
 from collections.abc import Callable, Mapping
@@ -44,6 +45,9 @@ if TYPE_CHECKING:
 __all__ = ["Scheduler", "SchedulerLimits"]
 
 log = logging.getLogger(__name__)
+
+# A worker running attempts back to back lets the other tasks run at least this often.
+_SLICE = 0.002
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,13 +105,18 @@ class _ReadyQueue:
 
 
 class _Attempt:
-    """One running attempt: its cancel scope, and whether the host asked it to stop."""
+    """One attempt handed to a worker: what it runs, the cancel scope it runs in, whether
+    the host asked it to stop; and the Reporter of the node, which hands what the node
+    reports to the engine under the attempt's dispatch id (fenced there)."""
 
-    __slots__ = ("cancelled", "dispatch", "scope")
+    __slots__ = ("_engine", "cancelled", "dispatch", "dispatch_id", "scope", "task")
 
-    def __init__(self, dispatch: Dispatch) -> None:
+    def __init__(self, engine: Engine, dispatch: Dispatch, task: Task) -> None:
+        self._engine = engine
         self.dispatch = dispatch
-        self.scope: anyio.CancelScope | None = None
+        self.dispatch_id = dispatch.dispatch_id
+        self.task = task
+        self.scope: anyio.CancelScope | None = None  # set while a worker runs it
         self.cancelled = False
 
     def cancel(self) -> None:
@@ -118,6 +127,25 @@ class _Attempt:
     def is_cancelled(self) -> bool:
         return self.cancelled
 
+    # --- Reporter ------------------------------------------------------------------------------
+
+    def progress(self, fraction: float | None, stage: str | None, message: str | None) -> None:
+        self._engine.report_progress(self.dispatch_id, fraction, stage, message)
+
+    def chunk(self, channel: str, text: str | None, data: bytes | None, mime_type: str | None,
+              terminal: bool, metadata: dict[str, Any] | None) -> None:
+        self._engine.report_chunk(self.dispatch_id, channel, text, data, mime_type, terminal,
+                                  metadata)
+
+    def partial(self, update: dict[str, Any]) -> None:
+        self._engine.report_partial(self.dispatch_id, update)
+
+    def metric(self, name: str, value: float) -> None:
+        self._engine.report_metric(self.dispatch_id, name, value)
+
+    def artifact(self, artifact: dict[str, Any]) -> None:
+        self._engine.report_artifact(self.dispatch_id, artifact)
+
 
 class _IdleWorker:
     """A worker task waiting for its next attempt."""
@@ -126,34 +154,7 @@ class _IdleWorker:
 
     def __init__(self) -> None:
         self.event = anyio.Event()
-        self.item: tuple[_Attempt, Task] | None = None
-
-
-class _EngineReporter:
-    """What a node reports, handed to the engine under the attempt's dispatch id (fenced)."""
-
-    __slots__ = ("_dispatch_id", "_engine")
-
-    def __init__(self, engine: Engine, dispatch_id: str) -> None:
-        self._engine = engine
-        self._dispatch_id = dispatch_id
-
-    def progress(self, fraction: float | None, stage: str | None, message: str | None) -> None:
-        self._engine.report_progress(self._dispatch_id, fraction, stage, message)
-
-    def chunk(self, channel: str, text: str | None, data: bytes | None, mime_type: str | None,
-              terminal: bool, metadata: dict[str, Any] | None) -> None:
-        self._engine.report_chunk(self._dispatch_id, channel, text, data, mime_type, terminal,
-                                  metadata)
-
-    def partial(self, update: dict[str, Any]) -> None:
-        self._engine.report_partial(self._dispatch_id, update)
-
-    def metric(self, name: str, value: float) -> None:
-        self._engine.report_metric(self._dispatch_id, name, value)
-
-    def artifact(self, artifact: dict[str, Any]) -> None:
-        self._engine.report_artifact(self._dispatch_id, artifact)
+        self.item: _Attempt | None = None
 
 
 class Scheduler:
@@ -186,7 +187,7 @@ class Scheduler:
         # Attempts run on worker tasks, started as needed (never more than attempts running)
         # and kept: a worker that finishes an attempt takes the next one queued, or waits for
         # one, so starting an attempt is a hand-off rather than a new task.
-        self._queued: deque[tuple[_Attempt, Task]] = deque()
+        self._queued: deque[_Attempt] = deque()
         self._idle_workers: list[_IdleWorker] = []
         self._workers = 0
         self._paused = False
@@ -210,11 +211,9 @@ class Scheduler:
                     self._tg = None
         finally:
             # attempts handed to no worker (the scheduler stopped first) never started
-            for attempt, task in self._queued:
-                self._attempts.pop(attempt.dispatch.dispatch_id, None)
-                spec = task.g.spec
-                assert spec is not None
-                self._release(task, spec)
+            for attempt in self._queued:
+                self._attempts.pop(attempt.dispatch_id, None)
+                self._release(attempt.task, attempt.dispatch.spec)
             self._queued.clear()
             self._idle_workers.clear()
 
@@ -362,10 +361,10 @@ class Scheduler:
             if dispatch is None:
                 continue  # no longer ready: cancelled, or its run ended
             self._acquire(task, spec)
-            attempt = _Attempt(dispatch)
+            attempt = _Attempt(self.engine, dispatch, task)
             self._attempts[dispatch.dispatch_id] = attempt
             self.dispatched += 1
-            self._queued.append((attempt, task))
+            self._queued.append(attempt)
             # dispatch() may have set a timeout timer
             for effect in self.engine.take_effects():
                 if isinstance(effect, Timer):
@@ -429,61 +428,78 @@ class Scheduler:
 
     # --- one attempt ---------------------------------------------------------------------------
 
-    async def _worker(self, item: tuple[_Attempt, Task]) -> None:
+    async def _worker(self, attempt: _Attempt) -> None:
         """Run attempts one after another: the one given, then queued ones, waiting for
-        more when there are none (until the scheduler stops)."""
+        more when there are none (until the scheduler stops).
+
+        Attempts run in a cancel scope of the worker's, made anew only after one of them was
+        cancelled: entering and leaving a scope per attempt cost as much as the engine's
+        whole transition. The worker lets other tasks run at least every `_SLICE` seconds,
+        even if every node it runs returns without waiting for anything.
+        """
+        item: _Attempt | None = attempt
         idle: _IdleWorker | None = None
+        slice_start = time.monotonic()
         try:
             while True:
-                await self._run_attempt(*item)
-                # let other tasks run between two attempts, as between two tasks
-                await anyio.lowlevel.checkpoint()
-                if self._queued:
+                with anyio.CancelScope() as scope:
+                    while item is not None:
+                        await self._run_attempt(item, scope)
+                        item = None
+                        if scope.cancel_called:
+                            break  # the next attempt runs in a scope of its own
+                        now = time.monotonic()
+                        if now - slice_start >= _SLICE:
+                            await anyio.lowlevel.checkpoint()
+                            slice_start = time.monotonic()
+                        if self._queued:
+                            item = self._queued.popleft()
+                if item is None and self._queued:
                     item = self._queued.popleft()
-                    continue
-                idle = _IdleWorker()
-                self._idle_workers.append(idle)
-                await idle.event.wait()
-                assert idle.item is not None
-                item, idle = idle.item, None
+                if item is None:
+                    idle = _IdleWorker()
+                    self._idle_workers.append(idle)
+                    await idle.event.wait()
+                    item, idle = idle.item, None
+                    slice_start = time.monotonic()  # waiting let the others run
         finally:
             self._workers -= 1
             if idle is not None and idle in self._idle_workers:
                 self._idle_workers.remove(idle)
 
-    async def _run_attempt(self, attempt: _Attempt, task: Task) -> None:
+    async def _run_attempt(self, attempt: _Attempt, scope: anyio.CancelScope) -> None:
+        """Run one attempt in `scope` and hand its outcome to the engine; a cancellation of
+        the attempt propagates out of here, to the worker's scope."""
         dispatch = attempt.dispatch
+        dispatch_id = attempt.dispatch_id
         engine = self.engine
         try:
-            with anyio.CancelScope() as scope:
-                attempt.scope = scope
-                if attempt.cancelled:
-                    scope.cancel()
-                executor = self._executor_for(dispatch.spec)
-                reporter = _EngineReporter(engine, dispatch.dispatch_id)
-                result = await executor.execute(dispatch, reporter, attempt.is_cancelled)
-                engine.complete(dispatch.dispatch_id, result)
-            if scope.cancelled_caught and not attempt.cancelled:  # pragma: no cover
-                log.error("attempt %s was cancelled by nobody", dispatch.dispatch_id)
+            if attempt.cancelled:
+                return  # stopped before it started: the engine has already moved on
+            attempt.scope = scope
+            executor = self._executor_for(dispatch.spec)
+            result = await executor.execute(dispatch, attempt, attempt.is_cancelled)
+            engine.complete(dispatch_id, result)
         except NodeError as exc:
             details = dict(exc.details or {})
             if exc.remediation:
                 details["remediation"] = exc.remediation
-            engine.fail(dispatch.dispatch_id, ErrorInfo(
+            engine.fail(dispatch_id, ErrorInfo(
                 code=exc.code, message=exc.message, details=details or None))
         except AttemptFailed as exc:
-            engine.fail(dispatch.dispatch_id, exc.error, retryable=exc.retryable)
+            engine.fail(dispatch_id, exc.error, retryable=exc.retryable)
         except Exception as exc:
-            engine.fail(dispatch.dispatch_id, ErrorInfo(
+            engine.fail(dispatch_id, ErrorInfo(
                 code=Code.RUNNER_FAILURE,
                 message=f"{type(exc).__name__}: {exc}",
                 details={"traceback": _short_traceback(exc)},
             ))
         finally:
-            self._attempts.pop(dispatch.dispatch_id, None)
-            spec = task.g.spec
-            assert spec is not None
-            self._release(task, spec)
+            attempt.scope = None  # a later cancel of this attempt must not reach the next
+            if scope.cancel_called and not attempt.cancelled:  # pragma: no cover
+                log.error("attempt %s was cancelled by nobody", dispatch_id)
+            self._attempts.pop(dispatch_id, None)
+            self._release(attempt.task, dispatch.spec)
             if not self._attempts:
                 self._idle.set()
             if not self._closing:
