@@ -104,6 +104,21 @@ def make_catalog(probe: Probe) -> Catalog:
     async def typed(ctx: Context, params: Sleepy) -> dict:
         return {"key": params.key}
 
+    @pkg.node("t.stubborn")
+    async def stubborn(ctx: Context, params: dict) -> dict:
+        try:
+            await anyio.sleep_forever()
+        except anyio.get_cancelled_exc_class():
+            probe.cancelled.append(ctx.node_id)
+        return {"swallowed": True}  # a node should not, but may, swallow its cancellation
+
+    @pkg.node("t.yields")
+    async def yields(ctx: Context, params: dict) -> dict:
+        probe.started.append(ctx.node_id)
+        for _ in range(3):
+            await anyio.lowlevel.checkpoint()  # raises at once in a cancelled scope
+        return {"yielded": 3}
+
     @pkg.node("t.flaky", retry=3, backoff=0.01)
     async def flaky(ctx: Context, params: dict) -> dict:
         if ctx.attempt < 3:
@@ -341,3 +356,65 @@ async def test_submitted_before_start_runs_once_started() -> None:
     async with host.running():
         await host.scheduler.wait_run(run.run_id)
     assert by_id(run)["t"].result == {"key": "k"}
+
+
+async def test_a_cancelled_attempt_leaves_the_next_one_on_its_worker_alone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With one slot, the nodes after a timed-out one (even one that swallowed its
+    cancellation) run on the same worker, wait for things and succeed."""
+    import nodehost.scheduler
+
+    monkeypatch.setattr(nodehost.scheduler, "_monotonic", lambda: 0.0)  # no time slices
+    probe = Probe()
+    host = EmbeddedHost(make_catalog(probe), limits=SchedulerLimits(parallelism=1))
+    with anyio.fail_after(5):
+        async with host.running():
+            run = await host.run(doc(node("hang", "t.forever", timeoutSeconds=0.02),
+                                     node("stubborn", "t.stubborn", timeoutSeconds=0.02),
+                                     node("after", "t.yields")))
+    tasks = by_id(run)
+    assert [tasks[n].error.code for n in ("hang", "stubborn")] == ["E.TIMEOUT"] * 2
+    assert probe.cancelled == ["hang", "stubborn"]
+    assert probe.started == ["hang", "after"]  # each attempt ran once (stubborn: no probe)
+    assert tasks["after"].status == "succeeded" and tasks["after"].result == {"yielded": 3}
+
+
+async def test_nodes_that_never_wait_still_let_other_tasks_run(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long chain of nodes that return at once does not hold the event loop: other tasks
+    (the API, event streams) run in between, at least every few milliseconds."""
+    import nodehost.scheduler
+
+    clock = iter(range(1_000_000))
+    monkeypatch.setattr(nodehost.scheduler, "_monotonic", lambda: next(clock) / 1000)  # 1 ms a read
+    host = EmbeddedHost(make_catalog(Probe()))
+    n = 40
+    chain = [node(f"n{i}", "t.typed") for i in range(n)]
+    seen: set[int] = set()
+    async with host.running():
+        run = host.submit(doc(*chain, edges=tuple((f"n{i}", f"n{i + 1}") for i in range(n - 1))))
+        while not run.final:
+            seen.add(sum(t.status == "succeeded" for t in run.tasks.values()))
+            await anyio.lowlevel.checkpoint()
+    assert run.status == "succeeded"
+    # this task looked in at many points of the chain, not only before and after it
+    assert len(seen - {0, n}) >= n // 4
+
+
+async def test_a_timed_out_attempt_gives_its_package_slot_back_once() -> None:
+    """With a package limit of 1, the nodes queued behind a timed-out one run one by one."""
+    probe = Probe()
+    limits = SchedulerLimits(parallelism=4, per_package={"t.sched": 1})
+    host = EmbeddedHost(make_catalog(probe), limits=limits)
+    async with host.running():
+        run = host.submit(doc(node("hang", "t.forever", timeoutSeconds=0.02),
+                              node("b1", "t.block"), node("b2", "t.block")))
+        probe.want_entered = 2  # hang, then the first block
+        while len(probe.started) < 2:
+            probe.entered = anyio.Event()
+            await probe.entered.wait()
+        await anyio.wait_all_tasks_blocked()
+        assert probe.running == 1 and host.scheduler.statistics()["running"] == 1
+        probe.gate.set()
+        await host.scheduler.wait_run(run.run_id)
+    assert probe.peak == 1 and run.status == "failed"

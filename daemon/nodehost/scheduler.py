@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 # A worker running attempts back to back lets the other tasks run at least this often.
 _SLICE = 0.002
+_monotonic = time.monotonic  # the clock of those slices (tests replace it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -439,19 +440,18 @@ class Scheduler:
         """
         item: _Attempt | None = attempt
         idle: _IdleWorker | None = None
-        slice_start = time.monotonic()
+        slice_start = _monotonic()
         try:
             while True:
                 with anyio.CancelScope() as scope:
                     while item is not None:
-                        await self._run_attempt(item, scope)
-                        item = None
+                        attempt, item = item, None  # run once, even if cancelled
+                        await self._run_attempt(attempt, scope)
                         if scope.cancel_called:
                             break  # the next attempt runs in a scope of its own
-                        now = time.monotonic()
-                        if now - slice_start >= _SLICE:
+                        if _monotonic() - slice_start >= _SLICE:
                             await anyio.lowlevel.checkpoint()
-                            slice_start = time.monotonic()
+                            slice_start = _monotonic()
                         if self._queued:
                             item = self._queued.popleft()
                 if item is None and self._queued:
@@ -461,7 +461,7 @@ class Scheduler:
                     self._idle_workers.append(idle)
                     await idle.event.wait()
                     item, idle = idle.item, None
-                    slice_start = time.monotonic()  # waiting let the others run
+                    slice_start = _monotonic()  # waiting let the others run
         finally:
             self._workers -= 1
             if idle is not None and idle in self._idle_workers:
