@@ -77,7 +77,9 @@ def test_payload_shapes() -> None:
     assert status["startedAt"] == run.started_at and status["finishedAt"] == run.finished_at
     snapshot = d.events("run.snapshot")[-1].data
     assert "nodes" not in snapshot["run"] and snapshot["run"]["runId"] == run.run_id
-    assert [n["nodeId"] for n in snapshot["nodes"]] == ["a"]
+    nodes = msgspec.to_builtins(snapshot["nodes"])  # NodeSummary structs, as on the wire
+    assert [(n["nodeId"], n["status"], n["result"]) for n in nodes] == [
+        ("a", "succeeded", {"answer": 42})]
     state = d.events("node.state", "a")[-1].data
     assert state["nodeId"] == "a" and state["state"]["stage"] == "succeeded"
     assert state["state"]["lastUpdatedAt"] == d.now
@@ -139,7 +141,8 @@ def test_snapshots_list_nodes_at_every_depth() -> None:
     d = Driver()
     d.submit(workflow([container("c", "s")], [], [subgraph("s", [node("x")])]))
     d.run()
-    nodes = {n["taskId"]: n for n in d.events("run.snapshot")[-1].data["nodes"]}
+    snapshot = msgspec.to_builtins(d.events("run.snapshot")[-1].data)
+    nodes = {n["taskId"]: n for n in snapshot["nodes"]}
     assert set(nodes) == {"c", f"{C}::x"}
     assert nodes[f"{C}::x"]["metadata"]["__frame"]["containerNodeId"] == "c"
 
@@ -283,3 +286,23 @@ def test_published_envelopes_do_not_change_afterwards() -> None:
     d.engine.report_partial(second, {"x": 1})
     d.complete("a", {"y": 2})
     assert [msgspec.json.encode(e) for e in d.envelopes[: len(encoded)]] == encoded
+
+
+def test_the_final_snapshot_carries_what_the_node_reported() -> None:
+    """Metrics, artifacts and partial results reported during the attempt are in the final
+    run.snapshot as a client receives it, the partial merged under the result."""
+    d = Driver()
+    d.submit(workflow([node("a")]))
+    dispatch_id = d.attempt("a").dispatch_id
+    e = d.engine
+    assert e.report_metric(dispatch_id, "items", 3)
+    assert e.report_metric(dispatch_id, "bytes", 10)
+    assert e.report_artifact(dispatch_id, {"resourceId": "r1", "type": "text/plain"})
+    assert e.report_artifact(dispatch_id, {"resourceId": "r2", "type": "image/png"})
+    assert e.report_partial(dispatch_id, {"boxes": [1]})
+    assert e.report_partial(dispatch_id, {"count": 1})
+    d.complete("a", {"done": True})
+    [last] = msgspec.json.decode(msgspec.json.encode(d.events("run.snapshot")[-1].data))["nodes"]
+    assert last["metadata"]["metrics"] == {"items": 3.0, "bytes": 10.0}
+    assert [a["resourceId"] for a in last["artifacts"]] == ["r1", "r2"]
+    assert last["result"] == {"boxes": [1], "count": 1, "done": True}

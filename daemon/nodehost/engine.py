@@ -31,7 +31,7 @@ from .events import Envelope, Scope
 from .graph import Graph
 from .model import ErrorInfo, RunOptions, Workflow
 from .node_api import NodeSpec
-from .runstate import Frame, Run, Task, run_summary
+from .runstate import NO_METRICS, Frame, Run, Task, node_summary, run_summary
 
 __all__ = ["Cancel", "Dispatch", "Engine", "Ready", "RunFinished", "Timer"]
 
@@ -216,8 +216,10 @@ class Engine:
     def _emit_snapshot(self, run: Run) -> None:
         if self._muted():
             return
-        summary = msgspec.to_builtins(run_summary(run))
-        nodes = summary.pop("nodes", None) or []
+        # the nodes stay NodeSummary structs (encoded as such on the wire): a run of 100,000
+        # nodes would otherwise build some 300,000 dicts, for the collector to walk
+        summary = msgspec.to_builtins(run_summary(run, nodes=False))
+        nodes = [node_summary(t) for t in run.tasks.values()]
         self._emit(run, "run.snapshot", {"kind": "run.snapshot", "run": summary, "nodes": nodes})
 
     def _emit_node_state(self, task: Task) -> None:
@@ -244,7 +246,7 @@ class Engine:
             "kind": "node.result.snapshot", "runId": task.run.run_id, "nodeId": task.node_id,
             "taskId": task.task_id, "revision": task.attempt, "format": "json",
             "content": task.result if task.result is not None else {},
-            "artifacts": task.artifacts, "complete": complete,
+            "artifacts": list(task.artifacts), "complete": complete,
         }
         if task.error is not None:
             data["summary"] = task.error.message
@@ -476,10 +478,9 @@ class Engine:
         task.seq = 0
         task.progress = task.stage = task.message = None
         task.partial = None
-        # what a failed attempt reported is not this attempt's (new objects: envelopes
-        # already published may hold the old ones)
-        task.artifacts = []
-        task.metrics = {}
+        # what a failed attempt reported is not this attempt's
+        task.artifacts = ()
+        task.metrics = NO_METRICS
         self._dispatches[dispatch_id] = task
         self._mark_running(task.run)
         self._emit_node_state(task)
@@ -593,9 +594,11 @@ class Engine:
         released = []
         for down_id in task.g.downstream:
             down = tasks[down_id]
-            if down.phase == "waiting" and task.node_id in down.pending:
-                down.pending.discard(task.node_id)  # a set: a second release is a no-op
-                if not down.pending:
+            # a task succeeds once per frame iteration (results are fenced on the dispatch
+            # id), so each upstream releases each downstream once
+            if down.phase == "waiting":
+                down.waiting -= 1
+                if not down.waiting:
                     released.append(down)
         iteration = frame.iteration
         for down in released:
@@ -725,10 +728,9 @@ class Engine:
         task = self._current(dispatch_id)
         if task is None:
             return False
-        if task.partial is None:
-            task.partial = {}
+        # a new dict: summaries already published hold the old one
+        task.partial = {**task.partial, **update} if task.partial else dict(update)
         for key, value in update.items():
-            task.partial[key] = value
             self._emit_delta(task, "replace", f"/{_escape(key)}", {"value": value})
         return True
 
@@ -736,13 +738,13 @@ class Engine:
         task = self._current(dispatch_id)
         if task is None:
             return False
-        task.metrics[name] = value
+        task.metrics = {**task.metrics, name: value}  # a new dict: summaries share the old
         return True
 
     def report_artifact(self, dispatch_id: str, artifact: dict[str, Any]) -> bool:
         task = self._current(dispatch_id)
         if task is None:
             return False
-        task.artifacts.append(artifact)
+        task.artifacts = (*task.artifacts, artifact)  # summaries share the old tuple
         return True
 

@@ -15,9 +15,11 @@ if TYPE_CHECKING:
     from .graph import Graph, GraphNode
     from .model import Workflow
 
-__all__ = ["FINAL", "Frame", "Run", "Task", "node_summary", "run_ref", "run_summary"]
+__all__ = ["FINAL", "NO_METRICS", "Frame", "Run", "Task", "node_summary", "run_ref", "run_summary"]
 
 FINAL = frozenset({"succeeded", "failed", "cancelled", "skipped"})
+
+NO_METRICS: dict[str, float] = {}  # shared by every task without metrics (never changed)
 
 # Where a queued or running task is, beyond its wire status.
 Phase = Literal["waiting", "ready", "backoff", "dispatched", "container", "done"]
@@ -26,9 +28,9 @@ Phase = Literal["waiting", "ready", "backoff", "dispatched", "container", "done"
 class Task:
     __slots__ = (
         "artifacts", "attempt", "child", "dispatch_id", "error", "finished_at", "frame", "g",
-        "message", "metrics", "node_id", "parameters", "partial", "pending", "phase",
-        "progress", "result", "run", "seq", "stage", "started_at", "status", "task_id",
-        "tries", "try_fence", "turns", "updated_at",
+        "message", "metrics", "node_id", "parameters", "partial", "phase", "progress",
+        "result", "run", "seq", "stage", "started_at", "status", "task_id", "tries",
+        "try_fence", "turns", "updated_at", "waiting",
     )
 
     def __init__(self, frame: Frame, g: GraphNode, task_id: str) -> None:
@@ -49,7 +51,7 @@ class Task:
         """Back to queued, waiting for upstreams (a new frame iteration keeps `attempt`)."""
         self.status = "queued"
         self.phase: Phase = "waiting"
-        self.pending = set(self.g.upstream)
+        self.waiting = len(self.g.upstream)  # upstreams that have not succeeded yet
         self.tries = 0
         self.turns = 0  # loop iterations of a container in its current try
         self.parameters: dict[str, Any] = self.g.node.parameters
@@ -63,8 +65,9 @@ class Task:
         self.stage: str | None = None
         self.message: str | None = None
         self.seq = 0  # delta sequence within the current revision
-        self.metrics: dict[str, float] = {}
-        self.artifacts: list[dict[str, Any]] = []
+        # replaced, never changed in place: envelopes and summaries share them
+        self.metrics: dict[str, float] = NO_METRICS
+        self.artifacts: tuple[dict[str, Any], ...] = ()
 
     @property
     def final(self) -> bool:
@@ -165,7 +168,7 @@ class Run:
 def node_summary(task: Task) -> NodeSummary:
     metadata: dict[str, Any] = {"attempt": task.attempt}
     if task.metrics:
-        metadata["metrics"] = task.metrics
+        metadata["metrics"] = task.metrics  # replaced by the engine, never changed
     if task.progress is not None:
         metadata["progress"] = task.progress
     if task.message:
@@ -205,7 +208,7 @@ def run_summary(run: Run, *, nodes: bool = True) -> RunSummary:
         started_at=run.started_at,
         finished_at=run.finished_at,
         error=run.error,
-        artifacts=[a for t in run.tasks.values() for a in t.artifacts],
+        artifacts=tuple(a for t in run.tasks.values() for a in t.artifacts),
         nodes=[node_summary(t) for t in run.tasks.values()] if nodes else None,
     )
 
