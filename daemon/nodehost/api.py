@@ -191,7 +191,7 @@ class DaemonApi:
         """Index runs rebuilt from the journal, and the Idempotency-Keys they were sent with."""
         for run in runs:
             self.index.add(run, run.document if run.document is not None
-                           else msgspec.to_builtins(run.workflow))
+                           else msgspec.msgpack.encode(run.workflow))
             meta = run.meta or {}
             key, fingerprint = meta.get("idempotencyKey"), meta.get("fingerprint")
             if isinstance(key, str) and isinstance(fingerprint, str):
@@ -278,7 +278,8 @@ class DaemonApi:
         if idempotency_key is not None:  # journaled with the run: kept across restarts
             meta = {"idempotencyKey": idempotency_key, "fingerprint": fingerprint.hex()}
         run = self.host.submit(prepared, tenant=tenant, meta=meta)
-        self.index.add(run, document["workflow"])
+        assert run.document is not None  # prepare() keeps the document it was given
+        self.index.add(run, run.document)
         if idempotency_key is not None:
             self.idempotency.remember(tenant, idempotency_key, fingerprint, run.run_id)
         await self.store.wait_durable()
@@ -312,7 +313,7 @@ class DaemonApi:
         """The workflow as submitted, each root node with its `state`; and its ETag."""
         entry = self._entry(principal, run_id)
         run = entry.run
-        workflow = dict(entry.workflow)
+        workflow = entry.workflow()
         tasks = run.root.tasks
         nodes = []
         for node in workflow.get("nodes") or []:

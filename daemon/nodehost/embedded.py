@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import msgspec
 
 from .config import Config
 from .engine import Engine
@@ -34,6 +35,8 @@ __all__ = ["EmbeddedHost", "Prepared", "prepare"]
 
 log = logging.getLogger(__name__)
 
+_encode_document = msgspec.msgpack.Encoder().encode
+
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
@@ -42,7 +45,9 @@ class Prepared:
     request: StartRunRequest
     graph: Graph
     definition_hash: str
-    document: dict[str, Any] | None = None  # the workflow as sent, UI and unknown fields kept
+    # the workflow as sent (UI and unknown fields kept), msgpack-encoded: it is journaled as
+    # it is, and a run keeps it as one object rather than some seven per node
+    document: bytes | None = None
 
 
 def prepare(
@@ -55,7 +60,7 @@ def prepare(
     (`$.workflow.nodes[1].id` in a request, `$.nodes[1].id` in a bare workflow).
     """
     at = "$.workflow"
-    document: dict[str, Any] | None = None
+    sent: dict[str, Any] | None = None
     if isinstance(data, StartRunRequest):
         request = data
     else:
@@ -64,11 +69,11 @@ def prepare(
         probe = decode_document(data, dict, limits) if isinstance(data, bytes) else data
         if isinstance(probe, dict) and "workflow" in probe and "nodes" not in probe:
             request = decode_document(probe, StartRunRequest, limits)
-            document = probe["workflow"]
+            sent = probe["workflow"]
         else:
             request = StartRunRequest(workflow=decode_document(probe, Workflow, limits),
                                       client_id="cli")
-            document = probe
+            sent = probe
             at = "$"
     try:
         graph = compile_workflow(request.workflow, catalog, limits)
@@ -77,6 +82,7 @@ def prepare(
             raise
         raise WorkflowInvalid([Issue(at + issue.path[1:], issue.message)
                                for issue in exc.issues]) from None
+    document = None if sent is None else _encode_document(sent)
     return Prepared(request, graph, definition_hash(request.workflow), document)
 
 

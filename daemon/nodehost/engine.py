@@ -282,13 +282,14 @@ class Engine:
         tenant: str = "default",
         options: RunOptions | None = None,
         run_id: str | None = None,
-        document: dict[str, Any] | None = None,
+        document: bytes | None = None,
         meta: dict[str, Any] | None = None,
     ) -> Run:
         """Create a run and make its entry nodes ready.
 
-        `document` is the workflow as it was sent (kept for GET definition), `meta` what
-        the caller wants remembered with the run; the engine reads neither."""
+        `document` is the workflow as it was sent, msgpack-encoded (kept for GET
+        definition), `meta` what the caller wants remembered with the run; the engine reads
+        neither."""
         self._ts = self._now()
         run_id = run_id or str(uuid.uuid4())
         if run_id in self.runs:

@@ -2,12 +2,17 @@
 
 Built once per submitted document by `validate.compile_workflow`; read-only afterwards and
 shared by every frame that runs the same (sub)graph.
+
+gc=False: a compiled graph is a tree (a subgraph is compiled below the container that runs
+it, and subgraph cycles are refused before they are built), alive as long as its runs are,
+so the cycle collector need not walk its some three objects per node again and again.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from .bindings import BindingPath
 
@@ -18,8 +23,7 @@ if TYPE_CHECKING:
 __all__ = ["DataBinding", "Graph", "GraphNode"]
 
 
-@dataclass(frozen=True, slots=True)
-class DataBinding:
+class DataBinding(msgspec.Struct, frozen=True, gc=False):
     """Copy the value at `source` of node `source_node` into this node's `target`."""
 
     edge: str  # a label for messages: the edge id or "source.port -> target.port"
@@ -28,8 +32,7 @@ class DataBinding:
     target: BindingPath
 
 
-@dataclass(slots=True, eq=False)
-class GraphNode:
+class GraphNode(msgspec.Struct, kw_only=True, eq=False, gc=False):
     id: str
     node: Node
     spec: NodeSpec | None  # None for containers
@@ -53,12 +56,11 @@ class GraphNode:
         return self.node.parameters
 
 
-@dataclass(slots=True, eq=False)
-class Graph:
+class Graph(msgspec.Struct, kw_only=True, eq=False, gc=False):
     """One level of a workflow: the root document or one subgraph definition."""
 
     id: str  # the workflow id at the root, the subgraph id below
-    nodes: dict[str, GraphNode] = field(default_factory=dict)
+    nodes: dict[str, GraphNode] = {}
     entry: tuple[str, ...] = ()  # nodes without upstreams, in document order
 
     def __len__(self) -> int:

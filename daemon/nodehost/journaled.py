@@ -22,7 +22,7 @@ from typing import Any
 import msgspec
 
 from .engine import Dispatch, Engine, Ready, Timer, utc_now
-from .errors import Code, WorkflowInvalid
+from .errors import Code, Issue, WorkflowInvalid
 from .graph import Graph
 from .model import ErrorInfo, RunOptions, Workflow
 from .runstate import Run, Task
@@ -35,6 +35,19 @@ log = logging.getLogger(__name__)
 Compile = Callable[[Workflow], Graph]
 
 _mp_encode = msgspec.msgpack.Encoder().encode
+_workflow_decoder = msgspec.msgpack.Decoder(Workflow)
+
+
+# per distinct document of a replay: its workflow, graph and bytes, or why it cannot be run
+_Compiled = tuple[Workflow, Graph, bytes] | WorkflowInvalid
+
+
+def _decode_workflow(document: bytes) -> Workflow:
+    """A journaled document as a Workflow; WorkflowInvalid if it no longer decodes as one."""
+    try:
+        return _workflow_decoder.decode(document)
+    except msgspec.ValidationError as exc:
+        raise WorkflowInvalid([Issue("$", str(exc))]) from None
 
 
 class JournaledEngine(Engine):
@@ -64,7 +77,7 @@ class JournaledEngine(Engine):
 
     def submit(self, workflow: Workflow, graph: Graph, *, client_id: str, definition_hash: str,
                tenant: str = "default", options: RunOptions | None = None,
-               run_id: str | None = None, document: dict[str, Any] | None = None,
+               run_id: str | None = None, document: bytes | None = None,
                meta: dict[str, Any] | None = None) -> Run:
         ts, seq = self._begin(), self.event_seq
         run = super().submit(workflow, graph, client_id=client_id,
@@ -72,7 +85,7 @@ class JournaledEngine(Engine):
                              run_id=run_id, document=document, meta=meta)
         self._record(rec.Submit(
             ts, seq, run.run_id, tenant, client_id,
-            document if document is not None else msgspec.to_builtins(workflow),
+            msgspec.Raw(document if document is not None else _mp_encode(workflow)),
             definition_hash, msgspec.to_builtins(run.options), meta,
         ))
         return run
@@ -178,7 +191,7 @@ class JournaledEngine(Engine):
             self.quiet_until = records[-1].seq - keep_events
         self._replaying = True
         applied = 0
-        compiled: dict[bytes, tuple[Workflow, Graph] | WorkflowInvalid] = {}
+        compiled: dict[bytes, _Compiled] = {}
         try:
             with rec.paused_gc():
                 for record in records:
@@ -194,16 +207,18 @@ class JournaledEngine(Engine):
         return applied
 
     def _apply(self, r: rec.Record, compile: Compile,
-               compiled: dict[bytes, tuple[Workflow, Graph] | WorkflowInvalid] | None = None,
+               compiled: dict[bytes, _Compiled] | None = None,
                ) -> None:
         if isinstance(r, rec.Submit):
-            # the same document (byte for byte) compiles to the same graph: once per replay
-            key = hashlib.sha256(_mp_encode(r.workflow)).digest()
+            # the same document (byte for byte) compiles to the same graph, and its runs
+            # share one copy of it: once per replay
+            key = hashlib.sha256(r.workflow).digest()
             found = compiled.get(key) if compiled is not None else None
             if found is None:
-                workflow = msgspec.convert(r.workflow, Workflow)
+                document = bytes(r.workflow)
                 try:
-                    found = (workflow, compile(workflow))
+                    workflow = _decode_workflow(document)
+                    found = (workflow, compile(workflow), document)
                 except WorkflowInvalid as exc:
                     found = exc
                 if compiled is not None:
@@ -212,11 +227,11 @@ class JournaledEngine(Engine):
                 log.error("run %s cannot be restored: its workflow no longer validates (%s)",
                           r.run_id, "; ".join(str(i) for i in found.issues[:3]))
                 return
-            workflow, graph = found
+            workflow, graph, document = found
             Engine.submit(self, workflow, graph, client_id=r.client_id,
                           definition_hash=r.definition_hash, tenant=r.tenant,
                           options=msgspec.convert(r.options, RunOptions), run_id=r.run_id,
-                          document=r.workflow, meta=r.meta)
+                          document=document, meta=r.meta)
         elif isinstance(r, rec.Dispatch):
             run = self.runs.get(r.run_id)
             if run is not None and r.task_id in run.tasks:

@@ -82,8 +82,9 @@ class Port(Model):
 
 
 class NodeUI(Model):
-    input_ports: list[Port] = []
-    output_ports: list[Port] = []
+    # tuples: a list would be one more object per node for the cycle collector
+    input_ports: tuple[Port, ...] = ()
+    output_ports: tuple[Port, ...] = ()
 
 
 class RetryPolicy(Model):

@@ -42,6 +42,7 @@ class _Cursor(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
 
 _encode_cursor = msgspec.msgpack.Encoder().encode
 _decode_cursor = msgspec.msgpack.Decoder(_Cursor).decode
+_decode_document = msgspec.msgpack.Decoder(dict[str, Any]).decode
 
 
 def encode_cursor(run: Run, status: str | None, client_id: str | None) -> str:
@@ -69,7 +70,11 @@ class Entry:
     """One run as the API sees it: the run, and its workflow exactly as it was sent."""
 
     run: Run
-    workflow: dict[str, Any]
+    document: bytes  # msgpack-encoded
+
+    def workflow(self) -> dict[str, Any]:
+        """The workflow as it was sent, decoded anew (the caller may change it)."""
+        return _decode_document(self.document)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,8 +103,9 @@ class RunsIndex:
     def last_event_id(self, run_id: str) -> int:
         return self._last_event.get(run_id, 0)
 
-    def add(self, run: Run, workflow: dict[str, Any]) -> None:
-        self._entries[run.run_id] = Entry(run, workflow)
+    def add(self, run: Run, document: bytes) -> None:
+        """Index a run with its workflow as sent (msgpack-encoded)."""
+        self._entries[run.run_id] = Entry(run, document)
         keys = self._keys.setdefault(run.tenant, [])
         key = (run.created_at, run.run_id)
         if not keys or keys[-1] < key:

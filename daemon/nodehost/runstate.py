@@ -153,7 +153,7 @@ class Run:
         self.finished_at: datetime | None = None
         self.error: ErrorInfo | None = None
         self.cancel_reason: str | None = None
-        self.document: dict[str, Any] | None = None  # the workflow as sent
+        self.document: bytes | None = None  # the workflow as sent, msgpack-encoded
         self.meta: dict[str, Any] | None = None  # what the submitter keeps with the run
         self.tasks: dict[str, Task] = {}
         self.frames: dict[str, Frame] = {}

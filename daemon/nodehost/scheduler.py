@@ -242,7 +242,7 @@ class Scheduler:
         tenant: str = "default",
         options: RunOptions | None = None,
         run_id: str | None = None,
-        document: dict[str, Any] | None = None,
+        document: bytes | None = None,
         meta: dict[str, Any] | None = None,
     ) -> Run:
         """Create a run and start its entry nodes."""

@@ -244,7 +244,7 @@ class _Compiler:
         by_key = self._ports.get((id(node), kind))
         if by_key is None:
             ui = node.ui
-            ports = (ui.output_ports if kind == "output" else ui.input_ports) if ui else []
+            ports = (ui.output_ports if kind == "output" else ui.input_ports) if ui else ()
             by_key = self._ports[(id(node), kind)] = {}
             for port in ports:
                 by_key.setdefault(port.key, port)  # the first of a duplicated key wins
@@ -328,7 +328,7 @@ class _Compiler:
                 self.issue(f"{path}.parameters.{key}",
                            f"must be an object: the parameters given to node {key!r}")
         injectable = inherited | {(key,) for key in node.parameters} | {
-            target for port in (node.ui.input_ports if node.ui else [])
+            target for port in (node.ui.input_ports if node.ui else ())
             if (target := self._container_target(node, port)) is not None
         }
         # Subgraphs are compiled per container use: what a container injects differs.

@@ -43,7 +43,9 @@ class Submit(_Base, tag="submit"):
     run_id: str
     tenant: str
     client_id: str
-    workflow: dict[str, Any]  # the workflow as it was sent
+    # the workflow as it was sent (a msgpack map), kept encoded: it is written as it was
+    # received and decoded straight into a Workflow by the replay
+    workflow: msgspec.Raw
     definition_hash: str
     options: dict[str, Any] = {}
     meta: dict[str, Any] | None = None
