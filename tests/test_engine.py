@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import msgspec
 import pytest
 
 from builders import (
@@ -173,6 +174,28 @@ def test_parameters_handed_to_an_attempt_are_a_copy() -> None:
     d.fail("a")
     assert d.attempt("a").parameters == {"n": 1, "deep": {"k": [1]}}
     assert run.workflow.nodes[0].parameters == {"n": 1, "deep": {"k": [1]}}
+
+
+def test_a_node_changing_bound_parameters_changes_nothing_upstream_or_beside_it() -> None:
+    """Two nodes get one upstream value along edges; one changes what it got: the upstream's
+    result, the other node's parameters and the published result stay as they were."""
+    d = Driver()
+    out = [port("o", "results.value")]
+    run = d.submit(workflow(
+        [node("a", outputs=out),
+         node("b", inputs=[port("i", "parameters.in")]),
+         node("c", inputs=[port("i", "parameters.in")])],
+        [edge("a", "b", "o", "i"), edge("a", "c", "o", "i")],
+    ))
+    d.complete("a", {"value": {"boxes": [1, 2]}})
+    published = msgspec.json.encode(d.events("node.result.snapshot", "a")[-1])
+    b, c = d.attempt("b"), d.attempt("c")
+    b.parameters["in"]["boxes"].append(3)
+    b.parameters["in"]["new"] = True
+    assert c.parameters == {"in": {"boxes": [1, 2]}}
+    assert run.tasks["a"].result == {"value": {"boxes": [1, 2]}}
+    assert run.tasks["b"].parameters == {"in": {"boxes": [1, 2]}}
+    assert msgspec.json.encode(d.events("node.result.snapshot", "a")[-1]) == published
 
 
 def test_partial_results_are_part_of_the_final_result() -> None:

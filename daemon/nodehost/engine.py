@@ -12,7 +12,6 @@ from __future__ import annotations
 import random
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -28,7 +27,7 @@ from .bindings import (
 )
 from .errors import Code
 from .events import Envelope, Scope
-from .graph import Graph
+from .graph import DataBinding, Graph
 from .model import ErrorInfo, RunOptions, Workflow
 from .node_api import NodeSpec
 from .runstate import NO_METRICS, Frame, Run, Task, node_summary, run_summary
@@ -36,34 +35,32 @@ from .runstate import NO_METRICS, Frame, Run, Task, node_summary, run_summary
 __all__ = ["Cancel", "Dispatch", "Engine", "Ready", "RunFinished", "Timer"]
 
 
-@dataclass(frozen=True, slots=True)
-class Ready:
+# Effects and dispatches are made for every attempt: msgspec Structs, whose __init__ runs in C
+# (a frozen dataclass sets each field through object.__setattr__). gc=False: nothing they
+# refer to refers back to them.
+class Ready(msgspec.Struct, frozen=True, gc=False):
     task: Task
 
 
-@dataclass(frozen=True, slots=True)
-class Cancel:
+class Cancel(msgspec.Struct, frozen=True, gc=False):
     dispatch_id: str
 
 
-@dataclass(frozen=True, slots=True)
-class Timer:
+class Timer(msgspec.Struct, frozen=True, gc=False):
     delay: float
     kind: Literal["retry", "timeout"]
     task: Task
     fence: int  # the task's attempt when the timer was set
 
 
-@dataclass(frozen=True, slots=True)
-class RunFinished:
+class RunFinished(msgspec.Struct, frozen=True, gc=False):
     run: Run
 
 
 Effect = Ready | Cancel | Timer | RunFinished
 
 
-@dataclass(frozen=True, slots=True)
-class Dispatch:
+class Dispatch(msgspec.Struct, frozen=True, gc=False):
     """One attempt of one node, handed to an executor."""
 
     run_id: str
@@ -128,6 +125,25 @@ def _root_cause(task: Task, error: ErrorInfo) -> ErrorInfo:
                          details={"taskId": details["taskId"]})
     return ErrorInfo(code=error.code, message=f"node {task.task_id} failed: {error.message}",
                      details={"taskId": task.task_id})
+
+
+def _bound_value(tasks: dict[str, Task], binding: DataBinding) -> Any:
+    """The value an edge carries: at the binding's source path of its source node."""
+    source = tasks[binding.source_node]
+    data = source.result if binding.source.root == "results" else source.parameters
+    segments = binding.source.segments
+    # the usual binding, one key deep (`/results/value`), without the general walk
+    if (len(segments) == 1 and type(data) is dict and type(segments[0]) is str
+            and segments[0] in data):
+        return data[segments[0]]
+    try:
+        return get_value(data or {}, segments)
+    except MissingValue as exc:
+        raise MissingValue(
+            exc.pointer,
+            f"edge {binding.edge}: node {binding.source_node!r} has no value at "
+            f"/{binding.source.root}{exc.pointer}",
+        ) from None
 
 
 def _escape(key: str) -> str:
@@ -421,32 +437,23 @@ class Engine:
             self._effects.append(Ready(task))
 
     def _bind_inputs(self, task: Task) -> dict[str, Any]:
-        params = _copy(task.parameters)
+        g = task.g
         tasks = task.frame.tasks
-        for binding in task.g.inputs:
-            source = tasks[binding.source_node]
-            data = source.result if binding.source.root == "results" else source.parameters
-            segments = binding.source.segments
-            # the usual binding, one key deep (`/results/value`), without the general walk
-            if (len(segments) == 1 and type(data) is dict and type(segments[0]) is str
-                    and segments[0] in data):
-                value = data[segments[0]]
-            else:
-                try:
-                    value = get_value(data or {}, segments)
-                except MissingValue as exc:
-                    raise MissingValue(
-                        exc.pointer,
-                        f"edge {binding.edge}: node {binding.source_node!r} has no value at "
-                        f"/{binding.source.root}{exc.pointer}",
-                    ) from None
-            target = binding.target.segments
-            if len(target) == 1 and type(target[0]) is str and isinstance(params, dict):
-                # `/parameters/in0`: one key of the parameters, as set_value would set it
-                params[target[0]] = _copy(value)
-                continue
+        if g.flat_inputs:
+            # Each edge sets a top-level key: the parameters are copied one level deep and
+            # the values shared with the upstream results. Neither is ever changed: the
+            # engine replaces results rather than changing them, and the node gets a deep
+            # copy of its parameters at dispatch.
+            params = dict(task.parameters)
+            for binding in g.inputs:
+                params[binding.target.segments[0]] = _bound_value(tasks, binding)  # type: ignore[index]
+            return params
+        # a deeper target writes into dicts: of a copy, with copies of the values (a later
+        # edge may write into a value an earlier one set)
+        params = _copy(task.parameters)
+        for binding in g.inputs:
             try:
-                set_value(params, target, _copy(value))
+                set_value(params, binding.target.segments, _copy(_bound_value(tasks, binding)))
             except BindingPathError as exc:
                 raise BindingPathError(f"edge {binding.edge}: {exc}") from None
         return params

@@ -39,6 +39,9 @@ class GraphNode(msgspec.Struct, kw_only=True, eq=False, gc=False):
     upstream: tuple[str, ...] = ()
     downstream: tuple[str, ...] = ()
     inputs: tuple[DataBinding, ...] = ()
+    # every input sets one top-level key of the parameters (`/parameters/in0`): binding
+    # needs no deep copies (see Engine._bind_inputs)
+    flat_inputs: bool = True
     subgraph: Graph | None = None  # set for containers
     max_attempts: int = 1
     backoff: float = 0.0

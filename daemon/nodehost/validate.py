@@ -231,6 +231,9 @@ class _Compiler:
             gnode.upstream = tuple(upstream[nid])
             gnode.downstream = tuple(downstream[nid])
             gnode.inputs = tuple(inputs[nid])
+            gnode.flat_inputs = all(len(b.target.segments) == 1
+                                    and isinstance(b.target.segments[0], str)
+                                    for b in gnode.inputs)
             if gnode.spec is not None and not gnode.is_container:
                 targets = {b.target for b in gnode.inputs}
                 self._check_parameters(gnode, targets, f"{path}.nodes[{index[nid]}].parameters",
