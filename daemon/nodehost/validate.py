@@ -35,6 +35,8 @@ Injectable = frozenset[tuple[str, ...]]
 
 def _below(paths: Injectable, key: str) -> Injectable:
     """The paths under `key` (the empty path, a whole-object injection, covers every key)."""
+    if not paths:
+        return paths  # the root graph: nothing is injected
     return frozenset(p[1:] if p else p for p in paths if not p or p[0] == key)
 
 
@@ -195,55 +197,64 @@ class _Compiler:
             if gnode is not None:
                 graph.nodes[node.id] = gnode
 
-        # ordered sets: a wide join must not cost a scan per edge
+        # ordered sets: a wide join must not cost a scan per edge. Paths of problems are
+        # only formatted once there is a problem: a document is mostly fine.
         upstream: dict[str, dict[str, None]] = {nid: {} for nid in index}
-        inputs: dict[str, list[DataBinding]] = {nid: [] for nid in index}
+        inputs: dict[str, list[DataBinding]] = {}
+        nodes = wf.nodes
         for j, edge in enumerate(wf.edges):
-            epath = f"{path}.edges[{j}]"
-            ok = True
-            for end_name, end in (("source", edge.source), ("target", edge.target)):
-                if end.node not in index:
-                    self.issue(f"{epath}.{end_name}.node", f"unknown node {end.node!r}")
-                    ok = False
-            if not ok:
+            source, target = edge.source, edge.target
+            si, ti = index.get(source.node), index.get(target.node)
+            if si is None or ti is None:
+                for end_name, end, found in (("source", source, si), ("target", target, ti)):
+                    if found is None:
+                        self.issue(f"{path}.edges[{j}].{end_name}.node",
+                                   f"unknown node {end.node!r}")
                 continue
-            src = wf.nodes[index[edge.source.node]]
-            dst = wf.nodes[index[edge.target.node]]
-            src_port = self._port(src, edge.source.port, "output", f"{epath}.source.port")
-            dst_port = self._port(dst, edge.target.port, "input", f"{epath}.target.port")
-            upstream[edge.target.node][edge.source.node] = None
+            src, dst = nodes[si], nodes[ti]
+            src_port = dst_port = None
+            if source.port is not None:
+                src_port = self._port(src, source.port, "output", path, j, "source")
+            if target.port is not None:
+                dst_port = self._port(dst, target.port, "input", path, j, "target")
+            ups = upstream[target.node]
+            ups[source.node] = None
             if src_port is None or dst_port is None:
                 continue
             if src_port.binding is None or dst_port.binding is None:
                 continue  # a dependency only: no data flows
             binding = self._edge_binding(wf, index, edge.id or f"edges[{j}]", src, src_port,
-                                         dst, dst_port, epath)
+                                         dst, dst_port, f"{path}.edges[{j}]")
             if binding is not None:
-                inputs[edge.target.node].append(binding)
-                upstream[edge.target.node][binding.source_node] = None
+                found_inputs = inputs.get(target.node)
+                if found_inputs is None:
+                    inputs[target.node] = [binding]
+                else:
+                    found_inputs.append(binding)
+                ups[binding.source_node] = None
 
-        self._check_cycles(upstream, wf, index, path)
         downstream: dict[str, list[str]] = {nid: [] for nid in index}
         for nid, ups in upstream.items():
             for up in ups:
                 downstream[up].append(nid)
+        self._check_cycles(upstream, downstream, path)
         for nid, gnode in graph.nodes.items():
             gnode.upstream = tuple(upstream[nid])
             gnode.downstream = tuple(downstream[nid])
-            gnode.inputs = tuple(inputs[nid])
-            gnode.flat_inputs = all(len(b.target.segments) == 1
-                                    and isinstance(b.target.segments[0], str)
-                                    for b in gnode.inputs)
+            bindings = inputs.get(nid)
+            if bindings:
+                gnode.inputs = tuple(bindings)
+                gnode.flat_inputs = all(len(b.target.segments) == 1
+                                        and isinstance(b.target.segments[0], str)
+                                        for b in bindings)
             if gnode.spec is not None and not gnode.is_container:
-                targets = {b.target for b in gnode.inputs}
-                self._check_parameters(gnode, targets, f"{path}.nodes[{index[nid]}].parameters",
-                                       injected=bool(_below(injectable, nid)))
+                self._check_parameters(gnode, path, index[nid], injectable)
         graph.entry = tuple(nid for nid in graph.nodes if not upstream[nid])
         return graph
 
-    def _port(self, node: Node, key: str | None, kind: str, path: str) -> Port | None:
-        if key is None:
-            return None
+    def _port(self, node: Node, key: str, kind: str, path: str, edge: int,
+              end: str) -> Port | None:
+        """The port an end of edge `edge` of the graph at `path` names (a problem if none)."""
         by_key = self._ports.get((id(node), kind))
         if by_key is None:
             ui = node.ui
@@ -255,7 +266,8 @@ class _Compiler:
         if port is not None:
             return port
         known = sorted(by_key)
-        self.issue(path, f"node {node.id!r} has no {kind} port {key!r}"
+        self.issue(f"{path}.edges[{edge}].{end}.port",
+                   f"node {node.id!r} has no {kind} port {key!r}"
                          + (f" (it has {known})" if known else " (it declares none)"))
         return None
 
@@ -371,22 +383,28 @@ class _Compiler:
         return (*prefix, *(str(s) for s in path.segments))
 
     def _check_parameters(
-        self, gnode: GraphNode, targets: set[BindingPath], path: str, injected: bool
+        self, gnode: GraphNode, graph_path: str, i: int, injectable: Injectable
     ) -> None:
-        """Check the static parameters against the node's type, leaving out bound fields.
+        """Check the static parameters of node `i` of the graph at `graph_path` against the
+        node's type, leaving out bound fields.
 
         Required fields are checked only when nothing else can supply them: no edge binds
         them and no container injects parameters into the node.
         """
         spec = gnode.spec
         assert spec is not None
+        tp = spec.params_type
+        if tp is None or not isinstance(tp, type) or not issubclass(tp, msgspec.Struct):
+            return  # a plain dict takes anything
         params = gnode.node.parameters
+        path = f"{graph_path}.nodes[{i}].parameters"
         fields = self._check_values(spec, params, path)
         if fields is None:
             return
+        targets = [b.target for b in gnode.inputs]
         bound = {str(t.segments[0]) for t in targets if t.segments}
         whole = any(not t.segments for t in targets)
-        if whole or injected:
+        if whole or _below(injectable, gnode.id):
             return
         for name, field in fields.items():
             if field.required and name not in params and name not in bound:
@@ -514,14 +532,9 @@ class _Compiler:
         return owner.id, tuple(prefix)
 
     def _check_cycles(
-        self, upstream: dict[str, dict[str, None]], wf: Workflow, index: dict[str, int],
-        path: str
+        self, upstream: dict[str, dict[str, None]], downstream: dict[str, list[str]], path: str
     ) -> None:
         indegree = {nid: len(ups) for nid, ups in upstream.items()}
-        downstream: dict[str, list[str]] = {nid: [] for nid in upstream}
-        for nid, ups in upstream.items():
-            for up in ups:
-                downstream[up].append(nid)
         ready = [nid for nid, d in indegree.items() if d == 0]
         seen = 0
         while ready:
