@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,6 +28,8 @@ from nodehost.validate import (
     load_request,
     load_workflow,
 )
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def issues(doc: dict[str, Any], limits: Limits = Limits()) -> list[Issue]:
@@ -591,6 +594,19 @@ def test_definition_hash_is_stable_under_key_order() -> None:
     assert len(h) == 64 and int(h, 16) >= 0
     doc["nodes"][0]["parameters"]["m"]["q"] = 3
     assert definition_hash(load_workflow(doc)) != h
+
+
+@pytest.mark.parametrize(("example", "expected"), [
+    ("container.json", "d02d1f7f9d83b4be98e5be305978d5a6604af4182948460e559cb628d400b6d7"),
+    ("data-along-edges.json", "f774cc8aa644e90eb7566f85287b07f3049d9606803b99612211ddb2236ca52e"),
+    ("failing-branch.json", "85b9ed377fd22e23bbeed8a72a616037578a33da37dc488c00c0be3d1cc7bdc2"),
+])
+def test_definition_hash_of_the_examples_never_changes(example: str, expected: str) -> None:
+    """The hash clients and the journal hold for a document stays the same across releases
+    (sha256 of the canonical JSON: sorted keys, compact)."""
+    doc = json.loads((EXAMPLES / example).read_text())
+    wf = load_request(doc).workflow if "workflow" in doc else load_workflow(doc)
+    assert definition_hash(wf) == expected
 
 
 def test_definition_hash_ignores_ui_only_fields() -> None:

@@ -8,7 +8,6 @@ be reached, 130 the run was cancelled (Ctrl-C or SIGTERM).
 from __future__ import annotations
 
 import dataclasses
-import gc
 import os
 import signal
 import sys
@@ -22,7 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from . import __version__
+from . import __version__, collector
 from .config import Config, ConfigError, load_config
 from .console import RunView, print_summary
 from .embedded import EmbeddedHost, Prepared, prepare
@@ -60,16 +59,6 @@ def _config(path: str | None) -> Config:
         return load_config(path)
     except ConfigError as exc:
         raise _Fail(str(exc)) from None
-
-
-def _tune_gc() -> None:
-    """Fewer full collections for a long-lived process holding large run state: the
-    collector's default gen-0 threshold (700) made full collections walk every run many
-    times a second under load (measured on the layered benchmark, 100k nodes: 55 -> 40
-    us/node). What is loaded at start-up (modules, plugins) is frozen out of collection."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(10_000, 10, 10)
 
 
 def _catalog(config: Config, err: Console) -> Catalog:
@@ -168,7 +157,7 @@ def run(workflow: str, config_path: str | None, output: str, fail_fast: bool,
     err = Console(stderr=True)
     catalog = _catalog(config, err)
     prepared = _load(workflow, config, catalog)
-    _tune_gc()
+    collector.tune_for_daemon()
     if fail_fast:
         request = msgspec.structs.replace(prepared.request, options=RunOptions(fail_fast=True))
         prepared = dataclasses.replace(prepared, request=request)
@@ -257,7 +246,7 @@ def serve(config_path: str | None) -> None:
         daemon.open()
     except (ConfigError, StartError) as exc:
         raise _Fail(str(exc)) from None
-    _tune_gc()
+    collector.tune_for_daemon()
     try:
         anyio.run(_serve, daemon, config_path)  # asyncio: uvicorn runs on nothing else
     except BaseExceptionGroup as group:

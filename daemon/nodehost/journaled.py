@@ -21,6 +21,7 @@ from typing import Any
 
 import msgspec
 
+from . import collector
 from .engine import Dispatch, Engine, Ready, Timer, utc_now
 from .errors import Code, Issue, WorkflowInvalid
 from .graph import Graph
@@ -183,7 +184,7 @@ class JournaledEngine(Engine):
         """Apply journaled calls to this (empty) engine; returns how many were applied.
 
         Runs of the same document share one compiled graph (graphs are read-only), and the
-        cycle collector is paused meanwhile (see `records.paused_gc`). With `keep_events`
+        cycle collector is paused meanwhile (see `collector.paused`). With `keep_events`
         (a list of records), only about the last that many events are built and published
         (enough to fill the replay buffer); older ones keep their ids but are only counted.
         """
@@ -193,7 +194,7 @@ class JournaledEngine(Engine):
         applied = 0
         compiled: dict[bytes, _Compiled] = {}
         try:
-            with rec.paused_gc():
+            with collector.paused():
                 for record in records:
                     self._clock = record.ts
                     self.event_seq = record.seq

@@ -7,9 +7,6 @@ arrays with a tag; fields are only ever appended, with defaults (msgspec's schem
 
 from __future__ import annotations
 
-import gc
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -28,7 +25,6 @@ __all__ = [
     "Submit",
     "decode_record",
     "encode_record",
-    "paused_gc",
 ]
 
 
@@ -124,24 +120,3 @@ def encode_record(record: Record) -> bytes:
 
 def decode_record(data: bytes) -> Record:
     return _decoder.decode(data)
-
-
-@contextmanager
-def paused_gc() -> Iterator[None]:
-    """No cycle collection for the duration of a bulk load (reading and replaying history).
-
-    Loading makes long-lived objects by the hundred thousand, and every collection the
-    allocations trigger walks all of them again: with 100,000 nodes of history that was half
-    of the recovery time. The collector resumes afterwards (unless it was off already), with
-    what was loaded moved straight to the oldest generation (freeze + unfreeze), which the
-    young collections that follow then need not walk: it is history, kept for good.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.freeze()
-        gc.unfreeze()
-        if enabled:
-            gc.enable()

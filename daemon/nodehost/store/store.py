@@ -24,9 +24,10 @@ import anyio.to_thread
 import msgspec
 from anyio.abc import TaskStatus
 
+from .. import collector
 from ..errors import NodehostError
 from .journal import DiskFull, JournalWriter, read_journal
-from .records import Forget, Record, decode_record, encode_record, paused_gc
+from .records import Forget, Record, decode_record, encode_record
 from .snapshot import read_newest, write_snapshot
 
 __all__ = ["Recovered", "Store", "StoreFailed"]
@@ -90,7 +91,7 @@ class Store:
         started = time.perf_counter()
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         records: list[Record] = []
-        with paused_gc():
+        with collector.paused():
             snapshot = read_newest(self.snapshot_dir)
             lsn = 0
             if snapshot is not None:
