@@ -101,9 +101,11 @@ def nodehost_document(shape: Shape, *, data: bool, id: str = "bench",
 
 # --- Dask --------------------------------------------------------------------------------------
 
-def dask_graph(shape: Shape, *, data: bool) -> tuple[dict[str, Any], list[str]]:
+def dask_graph(shape: Shape, *, data: bool, prefix: str = "n") -> tuple[dict[str, Any], list[str]]:
     """A Dask task graph dict (`{key: (fn, *upstream keys)}`) and the keys to compute (the
-    sinks, so that nothing is culled)."""
+    sinks, so that nothing is culled). Keys are `<prefix><index>`: distributed reuses the
+    results of keys it still holds, so each run of a graph needs keys of its own."""
     fn = nodes.dask_value if data else nodes.dask_noop
-    dsk = {f"n{i}": (fn, *(f"n{u}" for u in ups)) for i, ups in enumerate(shape.deps)}
-    return dsk, [f"n{i}" for i in shape.sinks()]
+    dsk = {f"{prefix}{i}": (fn, *(f"{prefix}{u}" for u in ups))
+           for i, ups in enumerate(shape.deps)}
+    return dsk, [f"{prefix}{i}" for i in shape.sinks()]
