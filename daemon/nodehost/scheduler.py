@@ -46,8 +46,10 @@ __all__ = ["Scheduler", "SchedulerLimits"]
 
 log = logging.getLogger(__name__)
 
-# A worker running attempts back to back lets the other tasks run at least this often.
+# Workers running attempts back to back let the other tasks (API, event streams, the journal)
+# run at least this often, and after at most this many attempts (see Scheduler._worker).
 _SLICE = 0.002
+_BURST = 32
 _monotonic = time.monotonic  # the clock of those slices (tests replace it)
 
 
@@ -194,6 +196,10 @@ class Scheduler:
         self._paused = False
         self._idle = anyio.Event()
         self.dispatched = 0
+        # since the workers last let the event loop take a turn: when, and how many attempts
+        self._slice = 0
+        self._slice_start = _monotonic()
+        self._slice_attempts = 0
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -435,12 +441,15 @@ class Scheduler:
 
         Attempts run in a cancel scope of the worker's, made anew only after one of them was
         cancelled: entering and leaving a scope per attempt cost as much as the engine's
-        whole transition. The worker lets other tasks run at least every `_SLICE` seconds,
-        even if every node it runs returns without waiting for anything.
+        whole transition. Nodes that return without waiting for anything never give the
+        event loop a turn, so the workers do, together: once `_SLICE` seconds or `_BURST`
+        attempts have gone by since the last turn, a worker yields after its attempt (and the
+        others yield after theirs until the first of them is back from its turn, which means
+        that whatever was waiting to run has run). Per worker, 32 workers made 32 slices in
+        a row, and event subscribers fell behind and were dropped.
         """
         item: _Attempt | None = attempt
         idle: _IdleWorker | None = None
-        slice_start = _monotonic()
         try:
             while True:
                 with anyio.CancelScope() as scope:
@@ -449,9 +458,13 @@ class Scheduler:
                         await self._run_attempt(attempt, scope)
                         if scope.cancel_called:
                             break  # the next attempt runs in a scope of its own
-                        if _monotonic() - slice_start >= _SLICE:
+                        self._slice_attempts += 1
+                        if (self._slice_attempts >= _BURST
+                                or _monotonic() - self._slice_start >= _SLICE):
+                            slice_ = self._slice
                             await anyio.lowlevel.checkpoint()
-                            slice_start = _monotonic()
+                            if self._slice == slice_:  # the first one back: a new slice
+                                self._new_slice()
                         if self._queued:
                             item = self._queued.popleft()
                 if item is None and self._queued:
@@ -460,12 +473,18 @@ class Scheduler:
                     idle = _IdleWorker()
                     self._idle_workers.append(idle)
                     await idle.event.wait()
+                    # (no new slice: the tasks queued behind this one have not had a turn)
                     item, idle = idle.item, None
-                    slice_start = _monotonic()  # waiting let the others run
         finally:
             self._workers -= 1
             if idle is not None and idle in self._idle_workers:
                 self._idle_workers.remove(idle)
+
+    def _new_slice(self) -> None:
+        """The event loop just had a turn."""
+        self._slice += 1
+        self._slice_start = _monotonic()
+        self._slice_attempts = 0
 
     async def _run_attempt(self, attempt: _Attempt, scope: anyio.CancelScope) -> None:
         """Run one attempt in `scope` and hand its outcome to the engine; a cancellation of
