@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import random
 from pathlib import Path
 from typing import Any
@@ -12,10 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from builders import CATALOG, Driver, compile_doc, edge, node, workflow
+from builders import CATALOG, Driver, compile_doc, container, edge, node, subgraph, workflow
 from nodehost.engine import Ready
 from nodehost.journaled import JournaledEngine
-from nodehost.runstate import run_summary
+from nodehost.runstate import Task, run_summary
 from nodehost.store.records import decode_record, encode_record
 from nodehost.store.store import Store
 from test_engine_properties import documents
@@ -117,6 +118,28 @@ def test_event_ids_survive_compaction_of_forgotten_runs() -> None:
     assert list(engine.runs) == [second.run_id]
     originals = [e for e in d.envelopes if e.scope.run_id == second.run_id]
     assert [e.id for e in envelopes] == [e.id for e in originals]
+
+
+def test_a_forgotten_run_is_freed_at_once() -> None:
+    """Forgetting a run lets its tasks and frames go by reference counting alone: memory
+    comes back even for the history the daemon froze out of the cycle collector."""
+    def tasks_alive() -> int:
+        return sum(type(o) is Task for o in gc.get_objects())
+
+    d = JournaledDriver()
+    doc = workflow([container("c", "s"), node("after")], [edge("c", "after")],
+                   [subgraph("s", [node("x"), node("y")], [edge("x", "y")])])
+    gc.collect()
+    gc.disable()
+    try:
+        run_id = d.submit(doc).run_id
+        d.run()
+        assert d.engine.runs[run_id].status == "succeeded"
+        before = tasks_alive()
+        assert d.engine.forget([run_id]) == [run_id]
+        assert tasks_alive() == before - 4  # c, after, and x, y of the frame c ran
+    finally:
+        gc.enable()
 
 
 @pytest.mark.anyio

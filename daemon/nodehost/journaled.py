@@ -171,7 +171,7 @@ class JournaledEngine(Engine):
         """Drop finished runs (retention); returns the ids actually dropped."""
         dropped = [r for r in run_ids if r in self.runs and self.runs[r].final]
         for run_id in dropped:
-            del self.runs[run_id]
+            self.runs.pop(run_id).dispose()
         if dropped:
             ts = self._begin()
             self._record(rec.Forget(ts, self.event_seq, dropped))
@@ -257,7 +257,9 @@ class JournaledEngine(Engine):
             getattr(Engine, f"report_{r.kind}")(self, r.dispatch_id, *r.args)
         elif isinstance(r, rec.Forget):
             for run_id in r.run_ids:
-                self.runs.pop(run_id, None)
+                run = self.runs.pop(run_id, None)
+                if run is not None:
+                    run.dispose()
 
     def resume(self) -> dict[str, int]:
         """After replay: settle what the restart interrupted and hand work to the scheduler.

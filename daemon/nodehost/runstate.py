@@ -124,7 +124,7 @@ class Frame:
 class Run:
     __slots__ = (
         "cancel_reason", "client_id", "created_at", "definition_hash", "document", "error",
-        "finished_at", "frames", "graph", "meta", "options", "root", "run_id", "started_at",
+        "finished_at", "frames", "graph", "meta", "options", "root_id", "run_id", "started_at",
         "status", "tasks", "tenant", "workflow",
     )
 
@@ -157,12 +157,33 @@ class Run:
         self.meta: dict[str, Any] | None = None  # what the submitter keeps with the run
         self.tasks: dict[str, Task] = {}
         self.frames: dict[str, Frame] = {}
-        self.root = Frame(self, graph, graph.id, None)
-        self.frames[self.root.frame_id] = self.root
+        root = Frame(self, graph, graph.id, None)
+        self.root_id = root.frame_id
+        self.frames[root.frame_id] = root
+
+    @property
+    def root(self) -> Frame:
+        """The frame of the workflow itself (the others run subgraphs)."""
+        return self.frames[self.root_id]
 
     @property
     def final(self) -> bool:
         return self.status in FINAL
+
+    def dispose(self) -> None:
+        """Let go of the tasks and frames of a run that is forgotten.
+
+        They refer to each other (a frame holds its tasks, a task its frame), so only the
+        cycle collector could free them otherwise; and what `collector.tune_for_daemon`
+        froze at start-up (the recovered history) it never collects. Emptied, they go at
+        once, by reference counting. The run is of no use afterwards."""
+        for frame in self.frames.values():
+            frame.tasks = {}
+            frame.container = None
+            frame.failed = None
+        self.frames = {}
+        self.tasks = {}
+        self.document = None
 
 
 def node_summary(task: Task) -> NodeSummary:

@@ -336,7 +336,7 @@ class Scheduler:
             elif isinstance(effect, Timer):
                 self._add_timer(effect)
             elif isinstance(effect, RunFinished):
-                event = self._finished.get(effect.run.run_id)
+                event = self._finished.pop(effect.run.run_id, None)  # one per run, not kept
                 if event is not None:
                     event.set()
         self._pump(reserve)
