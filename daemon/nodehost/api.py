@@ -190,8 +190,7 @@ class DaemonApi:
     def restore(self, runs: Iterable[Run]) -> None:
         """Index runs rebuilt from the journal, and the Idempotency-Keys they were sent with."""
         for run in runs:
-            self.index.add(run, run.document if run.document is not None
-                           else msgspec.msgpack.encode(run.workflow))
+            self.index.add(run, run.document)
             meta = run.meta or {}
             key, fingerprint = meta.get("idempotencyKey"), meta.get("fingerprint")
             if isinstance(key, str) and isinstance(fingerprint, str):
@@ -278,7 +277,6 @@ class DaemonApi:
         if idempotency_key is not None:  # journaled with the run: kept across restarts
             meta = {"idempotencyKey": idempotency_key, "fingerprint": fingerprint.hex()}
         run = self.host.submit(prepared, tenant=tenant, meta=meta)
-        assert run.document is not None  # prepare() keeps the document it was given
         self.index.add(run, run.document)
         if idempotency_key is not None:
             self.idempotency.remember(tenant, idempotency_key, fingerprint, run.run_id)

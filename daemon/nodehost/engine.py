@@ -304,8 +304,8 @@ class Engine:
         """Create a run and make its entry nodes ready.
 
         `document` is the workflow as it was sent, msgpack-encoded (kept for GET
-        definition), `meta` what the caller wants remembered with the run; the engine reads
-        neither."""
+        definition; without it, the workflow is encoded), `meta` what the caller wants
+        remembered with the run; the engine reads neither."""
         self._ts = self._now()
         run_id = run_id or str(uuid.uuid4())
         if run_id in self.runs:
@@ -315,7 +315,7 @@ class Engine:
             definition_hash=definition_hash, options=options or RunOptions(),
             created_at=self._ts,
         )
-        run.document = document
+        run.document = document if document is not None else _mp_encode(workflow)
         run.meta = meta
         self.runs[run_id] = run
         self._emit_run_status(run)

@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 
 Compile = Callable[[Workflow], Graph]
 
-_mp_encode = msgspec.msgpack.Encoder().encode
 _workflow_decoder = msgspec.msgpack.Decoder(Workflow)
 
 
@@ -86,7 +85,7 @@ class JournaledEngine(Engine):
                              run_id=run_id, document=document, meta=meta)
         self._record(rec.Submit(
             ts, seq, run.run_id, tenant, client_id,
-            msgspec.Raw(document if document is not None else _mp_encode(workflow)),
+            msgspec.Raw(run.document),
             definition_hash, msgspec.to_builtins(run.options), meta,
         ))
         return run

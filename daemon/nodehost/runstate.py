@@ -153,7 +153,7 @@ class Run:
         self.finished_at: datetime | None = None
         self.error: ErrorInfo | None = None
         self.cancel_reason: str | None = None
-        self.document: bytes | None = None  # the workflow as sent, msgpack-encoded
+        self.document = b""  # the workflow as sent, msgpack-encoded (set by the engine)
         self.meta: dict[str, Any] | None = None  # what the submitter keeps with the run
         self.tasks: dict[str, Task] = {}
         self.frames: dict[str, Frame] = {}
@@ -183,7 +183,7 @@ class Run:
             frame.failed = None
         self.frames = {}
         self.tasks = {}
-        self.document = None
+        self.document = b""
 
 
 def node_summary(task: Task) -> NodeSummary:
