@@ -13,7 +13,8 @@ import resource
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -23,14 +24,35 @@ from . import graphs, nodes
 PARALLELISM = 32  # nodehost's default [scheduler] parallelism; the bare loops use the same
 
 
-def _document_limits() -> Any:
-    from nodehost.validate import Limits
+def bench_config(parallelism: int = PARALLELISM) -> Any:
+    """The daemon's default configuration, but for nodes run in-process (the bench's nodes
+    measure the scheduler, not a worker pipe) and a document limit that lets the
+    100,000-node document in (some 19 MB of JSON, over the default 16 MiB)."""
+    from nodehost.config import Config, DocumentsConfig, ExecutorsConfig, SchedulerConfig
 
-    # a 100,000-node document is some 19 MB of JSON, over the default 16 MiB
-    return Limits(max_document_bytes=1 << 30)
+    return Config(scheduler=SchedulerConfig(parallelism=parallelism),
+                  executors=ExecutorsConfig(default="inprocess"),
+                  documents=DocumentsConfig(max_document_bytes=1 << 30))
 
 
-DOCUMENT_LIMITS = _document_limits()
+@asynccontextmanager
+async def daemon_host(state_dir: Path, catalog: Any, *, parallelism: int = PARALLELISM,
+                      observers: tuple[Callable[[Any], None], ...] = ()) -> AsyncIterator[Any]:
+    """A running host composed as `nodehost serve` composes its own (`api.daemon_host`: the
+    journal with batch fsync under `state_dir`, the runs index, the API's state), without
+    the HTTP server."""
+    from nodehost.api import daemon_host as compose
+    from nodehost.store.store import Store
+
+    config = bench_config(parallelism)
+    store = Store(state_dir / "store", config.journal)
+    store.open()
+    host, _api = compose(config, catalog, store, observers=observers)
+    try:
+        async with host.running():
+            yield host
+    finally:
+        store.close()
 
 
 def _maxrss_kb() -> int:
@@ -43,40 +65,24 @@ def nodehost_store_dir(base: str | None) -> tempfile.TemporaryDirectory[str]:
     return tempfile.TemporaryDirectory(prefix="nodehost-bench-", dir=base)
 
 
-async def nodehost_once(prepared: Any, catalog: Any, state_dir: Path, *,
+async def nodehost_once(body: bytes, catalog: Any, state_dir: Path, *,
                         parallelism: int = PARALLELISM) -> dict[str, Any]:
-    """One run of a prepared document through a journaled host: (submit -> finished and
-    durable) seconds, plus counters."""
-    import anyio
-
-    from nodehost.embedded import EmbeddedHost
-    from nodehost.journaled import JournaledEngine
-    from nodehost.scheduler import SchedulerLimits
-    from nodehost.store.store import Store
-
-    store = Store(state_dir, fsync="batch")
-    store.open()
-    host = EmbeddedHost(
-        catalog,
-        engine_factory=lambda sink: JournaledEngine(append=store.append, sink=sink),
-        limits=SchedulerLimits(parallelism=parallelism),
-    )
-    try:
-        async with anyio.create_task_group() as tg:
-            await tg.start(store.run)
-            async with host.running():
-                started = time.perf_counter()
-                run = host.submit(prepared)
-                await host.scheduler.wait_run(run.run_id)
-                await store.wait_durable()
-                seconds = time.perf_counter() - started
-            tg.cancel_scope.cancel()
-    finally:
-        store.close()
+    """One run of a document through a host composed as the daemon's: the time to prepare
+    it (decode, validate, compile), then (submit -> finished and durable), plus counters."""
+    async with daemon_host(state_dir, catalog, parallelism=parallelism) as host:
+        t = time.perf_counter()
+        prepared = host.prepare(body)
+        prepare = time.perf_counter() - t
+        started = time.perf_counter()
+        run = host.submit(prepared)
+        del prepared
+        await host.scheduler.wait_run(run.run_id)
+        await host.store.wait_durable()
+        seconds = time.perf_counter() - started
     if run.status != "succeeded":
         raise RuntimeError(f"nodehost run ended {run.status}: {run.error}")
-    return {"seconds": seconds, "events": host.bus.published, "records": store.records_written,
-            "batches": store.batches}
+    return {"seconds": seconds, "prepare": prepare, "events": host.bus.published,
+            "records": host.store.records_written, "batches": host.store.batches}
 
 
 def _repeat(repeats: int, budget: float | None) -> Any:
@@ -97,7 +103,6 @@ def run_nodehost(shape: graphs.Shape, data: bool, repeats: int, budget: float | 
     import msgspec
 
     from nodehost import collector
-    from nodehost.embedded import prepare
 
     catalog = nodes.catalog()
     if tuned:
@@ -106,15 +111,11 @@ def run_nodehost(shape: graphs.Shape, data: bool, repeats: int, budget: float | 
     body = msgspec.json.encode(graphs.nodehost_document(shape, data=data))
     times, prepares, last = [], [], {}
     for _ in _repeat(repeats, budget):
-        t = time.perf_counter()
-        # decode, validate, compile: timed on its own
-        prepared = prepare(body, catalog, DOCUMENT_LIMITS)
-        prepares.append(time.perf_counter() - t)
         with nodehost_store_dir(state_base) as tmp:
-            last = anyio.run(partial(nodehost_once, prepared, catalog, Path(tmp),
-                                          parallelism=parallelism))
+            last = anyio.run(partial(nodehost_once, body, catalog, Path(tmp),
+                                     parallelism=parallelism))
         times.append(last["seconds"])
-        del prepared
+        prepares.append(last["prepare"])
         gc.collect()
     return {"times": times, "prepare": min(prepares), "events": last["events"],
             "records": last["records"], "batches": last["batches"]}

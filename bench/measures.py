@@ -15,8 +15,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,7 @@ from typing import Any
 import anyio
 
 from . import graphs, nodes
-from .engines import PARALLELISM
+from .engines import bench_config, daemon_host
 
 
 def _maxrss_kb() -> int:
@@ -44,49 +42,21 @@ def _status_kb(pid: int | str, field: str) -> int:
     return 0
 
 
-@asynccontextmanager
-async def journaled_host(state_dir: Path, catalog: Any, **kw: Any) -> AsyncIterator[Any]:
-    """A running EmbeddedHost on a JournaledEngine whose store (batch fsync) runs alongside."""
-    from nodehost.embedded import EmbeddedHost
-    from nodehost.journaled import JournaledEngine
-    from nodehost.scheduler import SchedulerLimits
-    from nodehost.store.store import Store
-
-    store = Store(state_dir, fsync="batch")
-    store.open()
-    host = EmbeddedHost(
-        catalog,
-        engine_factory=lambda sink: JournaledEngine(append=store.append, sink=sink),
-        limits=SchedulerLimits(parallelism=PARALLELISM), **kw,
-    )
-    host.store = store  # type: ignore[attr-defined]
-    try:
-        async with anyio.create_task_group() as tg:
-            await tg.start(store.run)
-            async with host.running():
-                yield host
-            tg.cancel_scope.cancel()
-    finally:
-        store.close()
-
-
 # --- submit to first dispatch -------------------------------------------------------------------
 
 def latency(repeats: int, graph: str, state_base: str | None = None) -> dict[str, Any]:
     """Median time from `host.submit(document)` to the first node starting, for a document
     as a dict (decoded, validated, compiled in submit) and already prepared."""
-    from nodehost.embedded import prepare
-
     catalog = nodes.catalog()
     shape = graphs.by_name(graph)
     doc = graphs.nodehost_document(shape, data=False, node_type="bench.stamp")
     out: dict[str, list[float]] = {"dict": [], "prepared": []}
 
     async def main(state_dir: Path) -> None:
-        async with journaled_host(state_dir, catalog) as host:
+        async with daemon_host(state_dir, catalog) as host:
             for _ in range(repeats):
                 for form in ("dict", "prepared"):
-                    document = doc if form == "dict" else prepare(doc, catalog)
+                    document = doc if form == "dict" else host.prepare(doc)
                     nodes.STARTS.clear()
                     started = time.perf_counter()
                     run = host.submit(document)
@@ -107,15 +77,14 @@ def latency(repeats: int, graph: str, state_base: str | None = None) -> dict[str
 def events(graph: str, subscribers: int, state_base: str | None = None) -> dict[str, Any]:
     """Envelope latency from the engine's emit to each in-process subscriber, which reads the
     way an SSE stream does (await one, drain the rest, encode SSE frames)."""
-    from nodehost.embedded import prepare
-    from nodehost.events import Envelope, EventBus, sse_frame
+    from nodehost.events import Envelope, sse_frame
 
     emitted: dict[str, float] = {}
 
-    class StampingBus(EventBus):
-        def publish_nowait(self, envelope: Envelope) -> None:
-            emitted[envelope.id] = time.perf_counter()
-            super().publish_nowait(envelope)
+    def stamp(envelope: Envelope) -> None:
+        # an observer sees each envelope right after the bus has handed it to every
+        # subscriber, in the same call: no subscriber can have run in between
+        emitted[envelope.id] = time.perf_counter()
 
     catalog = nodes.catalog()
     shape = graphs.by_name(graph)
@@ -124,9 +93,9 @@ def events(graph: str, subscribers: int, state_base: str | None = None) -> dict[
                               "subscribers": subscribers}
 
     async def run_once(state_dir: Path, n_subs: int) -> tuple[float, list[float], int]:
-        bus = StampingBus()
         latencies: list[float] = []
-        async with journaled_host(state_dir, catalog, bus=bus) as host:
+        async with daemon_host(state_dir, catalog, observers=(stamp,)) as host:
+            bus = host.bus
             subs = [bus.subscribe() for _ in range(n_subs)]
 
             async def consume(sub: Any) -> None:
@@ -140,7 +109,7 @@ def events(graph: str, subscribers: int, state_base: str | None = None) -> dict[
                     latencies.extend(now - emitted[e.id] for e in batch)
                     b"".join(map(sse_frame, batch))
 
-            prepared = prepare(doc, catalog)
+            prepared = host.prepare(doc)
             async with anyio.create_task_group() as tg:
                 for sub in subs:
                     tg.start_soon(consume, sub)
@@ -170,15 +139,13 @@ def events(graph: str, subscribers: int, state_base: str | None = None) -> dict[
 
 def recovery_write(graph: str, runs: int, state_dir: str) -> dict[str, Any]:
     """Write history: `runs` runs of `graph`, all finished and durable."""
-    from nodehost.embedded import prepare
-
     catalog = nodes.catalog()
     shape = graphs.by_name(graph)
     doc = graphs.nodehost_document(shape, data=True)
 
     async def main() -> int:
-        async with journaled_host(Path(state_dir), catalog) as host:
-            prepared = prepare(doc, catalog)
+        async with daemon_host(Path(state_dir), catalog) as host:
+            prepared = host.prepare(doc)
             for _ in range(runs):
                 run = host.submit(prepared)
                 await host.scheduler.wait_run(run.run_id)
@@ -192,38 +159,42 @@ def recovery_write(graph: str, runs: int, state_dir: str) -> dict[str, Any]:
 
 
 def recovery_read(state_dir: str) -> dict[str, Any]:
-    """In a fresh process: Store.open() + JournaledEngine.replay(records, compile) + resume()."""
+    """In a fresh process, what the daemon does at start: Store.open(), the history applied
+    to a host composed like the daemon's (replay, then resume) and the API's index rebuilt."""
     t0 = time.perf_counter()
-    from nodehost.events import EventBus
-    from nodehost.journaled import JournaledEngine
+    from nodehost.api import daemon_host as compose
+    from nodehost.recovery import replay
     from nodehost.store.store import Store
-    from nodehost.validate import compile_workflow
 
     catalog = nodes.catalog()
+    config = bench_config()
     imported = time.perf_counter() - t0
 
     started = time.perf_counter()
-    store = Store(Path(state_dir), fsync="batch")
+    store = Store(Path(state_dir) / "store", config.journal)
     recovered = store.open()
     opened = time.perf_counter()
-    bus = EventBus()  # replayed envelopes are published, as in the daemon
-    engine = JournaledEngine(append=store.append, sink=bus.publish_nowait)
-    # as the daemon does: rebuild only the events its replay buffer can hold
-    applied = engine.replay(recovered.records, lambda wf: compile_workflow(wf, catalog),
-                            keep_events=10_000)
+    host, api = compose(config, catalog, store)
+    # Host.recover, in its two steps: replay (rebuilding only the events the replay buffer
+    # can hold; they are published, as in the daemon), then resume
+    engine = host.engine
+    applied = replay(engine, recovered.records, keep_events=config.events.replay_buffer)
     replayed = time.perf_counter()
     resumed = engine.resume()
     done = time.perf_counter()
+    api.restore(engine.runs.values())
+    restored = time.perf_counter()
     store.close()
     # what recovery leaves to the collector: the first full collection walks all of it
     gc.collect()
-    first_full_gc = time.perf_counter() - done
+    first_full_gc = time.perf_counter() - restored
     nodes_restored = sum(len(r.tasks) for r in engine.runs.values())
     return {"import": imported, "open": opened - started, "replay": replayed - opened,
-            "resume": done - replayed, "total": done - started, "records": applied,
-            "first_full_gc": first_full_gc,
+            "resume": done - replayed, "index": restored - done, "total": restored - started,
+            "records": applied, "first_full_gc": first_full_gc,
             "runs": len(engine.runs), "nodes": nodes_restored,
-            "events_republished": bus.published, "resumed": resumed, "rss_kb": _maxrss_kb()}
+            "events_republished": host.bus.published, "resumed": resumed,
+            "rss_kb": _maxrss_kb()}
 
 
 # --- idle footprint ------------------------------------------------------------------------------
@@ -238,7 +209,7 @@ def idle_host(seconds: float, state_base: str | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"plugins": [p for r in reports if r.ok for p in r.packages]}
 
     async def main(state_dir: Path) -> None:
-        async with journaled_host(state_dir, plugins.catalog):
+        async with daemon_host(state_dir, plugins.catalog):
             await anyio.sleep(1.0)  # settle
             cpu, wall = _cpu_self(), time.perf_counter()
             await anyio.sleep(seconds)

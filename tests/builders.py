@@ -10,19 +10,24 @@ from __future__ import annotations
 
 import itertools
 import random
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
 
-from nodehost.engine import Cancel, Dispatch, Engine, Ready, RunFinished, Timer
+from nodehost.commands import CancelRun, Complete, Forget, Report, Submit
+from nodehost.commands import Fail as FailCommand
+from nodehost.documents import Documents
+from nodehost.engine import Attempt, Cancel, Engine, Ready, RunFinished, Timer
 from nodehost.events import Envelope
 from nodehost.model import ErrorInfo, RunOptions
 from nodehost.node_api import Context, Package
 from nodehost.plugins import Catalog
+from nodehost.reports import NodeReport
 from nodehost.runstate import Run
-from nodehost.validate import Limits, compile_workflow, definition_hash, load_workflow
+from nodehost.validate import Limits, compile_workflow, load_workflow
 
 T0 = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -216,10 +221,10 @@ class Fail(Exception):
         self.retryable = retryable
 
 
-Handler = Callable[[Dispatch], dict[str, Any]]
+Handler = Callable[[Attempt], dict[str, Any]]
 
 
-def _default_handler(d: Dispatch) -> dict[str, Any]:
+def _default_handler(d: Attempt) -> dict[str, Any]:
     params = d.spec.decode_params(d.parameters)
     if d.spec.type == "demo.echo":
         return dict(params)
@@ -237,12 +242,13 @@ class Driver:
 
     def __init__(self, catalog: Catalog = CATALOG, *, event_seq: int = 0, seed: int = 7) -> None:
         self.catalog = catalog
+        self.documents = Documents(catalog)
         self.now = T0
         self.envelopes: list[Envelope] = []
-        self.engine = Engine(sink=self.envelopes.append, now=lambda: self.now,
-                             rng=random.Random(seed), event_seq=event_seq)
-        self.running: dict[str, Dispatch] = {}  # dispatch id -> attempt, in dispatch order
-        self.dispatches: list[Dispatch] = []  # every attempt ever started
+        self.engine = Engine(compile=self.documents, sink=self.envelopes.append,
+                             now=lambda: self.now, rng=random.Random(seed), event_seq=event_seq)
+        self.running: dict[str, Attempt] = {}  # dispatch id -> attempt, in dispatch order
+        self.dispatches: list[Attempt] = []  # every attempt ever started
         self.timers: list[Timer] = []
         self.cancels: list[str] = []
         self.finished: list[Run] = []
@@ -252,12 +258,17 @@ class Driver:
 
     def submit(self, doc: dict[str, Any], *, fail_fast: bool = False, client_id: str = "c1",
                tenant: str = "default", run_id: str | None = None) -> Run:
-        wf, graph = compile_doc(doc, self.catalog)
-        run = self.engine.submit(wf, graph, client_id=client_id, tenant=tenant, run_id=run_id,
-                                 definition_hash=definition_hash(wf),
-                                 options=RunOptions(fail_fast=fail_fast))
+        prepared = self.documents.prepare(doc)
+        run_id = run_id or str(uuid.uuid4())
+        accepted = self.engine.apply(Submit(
+            run_id=run_id, tenant=tenant, client_id=client_id,
+            workflow=msgspec.Raw(prepared.document), definition_hash=prepared.definition_hash,
+            options=RunOptions(fail_fast=fail_fast),
+        ))
+        if not accepted:  # as Host.submit says it
+            raise ValueError(f"run {run_id} exists already")
         self.pump()
-        return run
+        return self.engine.runs[run_id]
 
     def on(self, key: str, handler: Handler | dict[str, Any] | Exception) -> None:
         """What the node (id, task id or type) does: a function, a fixed result or a Fail."""
@@ -267,7 +278,7 @@ class Driver:
         elif isinstance(handler, Exception):
             exc = handler
 
-            def raiser(d: Dispatch) -> dict[str, Any]:
+            def raiser(d: Attempt) -> dict[str, Any]:
                 raise exc
 
             self.handlers[key] = raiser
@@ -301,7 +312,7 @@ class Driver:
 
     # --- attempts ---
 
-    def attempt(self, task_id: str) -> Dispatch:
+    def attempt(self, task_id: str) -> Attempt:
         """The running attempt of a task (by task id)."""
         found = [d for d in self.running.values() if d.task_id == task_id]
         assert found, f"{task_id} is not running; running: {self.running_ids()}"
@@ -313,7 +324,7 @@ class Driver:
     def complete(self, task_id: str, result: dict[str, Any] | None = None) -> bool:
         d = self.attempt(task_id)
         self.running.pop(d.dispatch_id)
-        ok = self.engine.complete(d.dispatch_id, result if result is not None else {})
+        ok = self.complete_attempt(d.dispatch_id, result if result is not None else {})
         self.pump()
         return ok
 
@@ -321,22 +332,52 @@ class Driver:
              retryable: bool = True) -> bool:
         d = self.attempt(task_id)
         self.running.pop(d.dispatch_id)
-        ok = self.engine.fail(d.dispatch_id, ErrorInfo(code=code, message=message),
-                              retryable=retryable)
+        ok = self.fail_attempt(d.dispatch_id, ErrorInfo(code=code, message=message),
+                               retryable=retryable)
         self.pump()
         return ok
 
-    def _handle(self, d: Dispatch) -> None:
+    # --- commands for one attempt, by dispatch id (applied as they are: no pump) ---
+
+    def _run_of(self, dispatch_id: str) -> str:
+        """The run of an attempt this driver dispatched ("" for an id it never gave out)."""
+        return next((d.run_id for d in self.dispatches if d.dispatch_id == dispatch_id), "")
+
+    def complete_attempt(self, dispatch_id: str, result: dict[str, Any]) -> bool:
+        return self.engine.apply(Complete(run_id=self._run_of(dispatch_id),
+                                          dispatch_id=dispatch_id, result=result))
+
+    def fail_attempt(self, dispatch_id: str, error: ErrorInfo, *, retryable: bool = True) -> bool:
+        return self.engine.apply(FailCommand(
+            run_id=self._run_of(dispatch_id), dispatch_id=dispatch_id, code=error.code,
+            message=error.message, details=error.details, retryable=retryable))
+
+    def report(self, dispatch_id: str, report: NodeReport) -> bool:
+        return self.engine.apply(Report(run_id=self._run_of(dispatch_id),
+                                        dispatch_id=dispatch_id, report=report))
+
+    def cancel_run(self, run_id: str, reason: str = "cancelled by request") -> bool:
+        return self.engine.apply(CancelRun(run_id=run_id, reason=reason))
+
+    def fire_timer(self, timer: Timer) -> bool:
+        return self.engine.apply(timer.command())
+
+    def forget(self, run_ids: list[str]) -> list[str]:
+        """Apply a Forget; the ids the engine dropped."""
+        command = Forget(run_ids=run_ids)
+        return command.run_ids if self.engine.apply(command) else []
+
+    def _handle(self, d: Attempt) -> None:
         handler = (self.handlers.get(d.task_id) or self.handlers.get(d.node_id)
                    or self.handlers.get(d.spec.type) or _default_handler)
         self.running.pop(d.dispatch_id)
         try:
             result = handler(d)
         except Fail as exc:
-            self.engine.fail(d.dispatch_id, ErrorInfo(code=exc.code, message=exc.message),
-                             retryable=exc.retryable)
+            self.fail_attempt(d.dispatch_id, ErrorInfo(code=exc.code, message=exc.message),
+                              retryable=exc.retryable)
         else:
-            self.engine.complete(d.dispatch_id, result)
+            self.complete_attempt(d.dispatch_id, result)
         self.pump()
 
     def run(self, *, timers: bool = False, limit: int = 100_000) -> None:
@@ -357,7 +398,7 @@ class Driver:
         self.timers = [t for t in self.timers if t not in fired]
         for timer in fired:
             self.advance(timer.delay)
-            self.engine.fire_timer(timer)
+            self.fire_timer(timer)
             self.pump()
         return fired
 
@@ -368,11 +409,11 @@ class Driver:
 
     def events(self, type: str | None = None, task_id: str | None = None) -> list[Envelope]:
         return [e for e in self.envelopes if (type is None or e.type == type)
-                and (task_id is None or e.data.get("taskId") == task_id)]
+                and (task_id is None or getattr(e.data, "task_id", None) == task_id)]
 
     def stages(self, task_id: str) -> list[str]:
         """The `status` of every node.state event of a task, in order."""
-        return [e.data["status"] for e in self.events("node.state", task_id)]
+        return [e.data.status for e in self.events("node.state", task_id)]  # type: ignore[union-attr]
 
     def dispatched_ids(self) -> list[str]:
         return [d.task_id for d in self.dispatches]

@@ -22,11 +22,10 @@ import msgspec
 import nodehost_std
 
 from nodehost import Context, Package
-from nodehost.api import ApiSettings, DaemonApi
+from nodehost.api import DaemonApi
 from nodehost.auth import Authenticator
-from nodehost.config import Config
-from nodehost.embedded import EmbeddedHost
-from nodehost.events import EventBus
+from nodehost.config import ApiConfig, Config, EventsConfig, ExecutorsConfig
+from nodehost.host import Host, build_host
 from nodehost.http import create_app
 from nodehost.plugins import Catalog
 from nodehost.runs_index import RunsIndex
@@ -117,7 +116,7 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None
 
 
 class InProcess:
-    def __init__(self, host: EmbeddedHost, api: DaemonApi, app: Any,
+    def __init__(self, host: Host, api: DaemonApi, app: Any,
                  client: httpx.AsyncClient) -> None:
         self.host = host
         self.api = api
@@ -155,19 +154,22 @@ class InProcess:
         return run.status
 
 
-def make_api(*, replay_buffer: int = 1000, settings: ApiSettings | None = None,
-             subscriber_buffer: int = 100) -> tuple[EmbeddedHost, DaemonApi]:
+def make_api(*, replay_buffer: int = 1000, settings: ApiConfig | None = None,
+             subscriber_buffer: int = 100) -> tuple[Host, DaemonApi]:
+    """A host (no journal, nodes in-process) and the API over it."""
     index = RunsIndex()
-    host = EmbeddedHost(catalog(), bus=EventBus(buffer=replay_buffer,
-                                                subscriber_buffer=subscriber_buffer),
-                        on_event=index.observe)
-    api = DaemonApi(host, index=index, replay_buffer=replay_buffer, settings=settings)
-    return host, api
+    config = Config(
+        executors=ExecutorsConfig(default="inprocess"),
+        api=settings or ApiConfig(),
+        events=EventsConfig(replay_buffer=replay_buffer, subscriber_buffer=subscriber_buffer),
+    )
+    host = build_host(config, catalog())
+    return host, DaemonApi(host, index=index)
 
 
 @asynccontextmanager
 async def api_client(*, tokens: dict[str, str] | None = None, require_token: bool = False,
-                     settings: ApiSettings | None = None, token: str | None = None,
+                     settings: ApiConfig | None = None, token: str | None = None,
                      allowed_hosts: list[str] | None = None,
                      raise_app_exceptions: bool = True) -> AsyncIterator[InProcess]:
     host, api = make_api(settings=settings)
@@ -205,8 +207,10 @@ def short_tmpdir() -> Iterator[str]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def daemon_config(directory: str, *, toml: str = "") -> Config:
-    """A config for tests: socket under `directory`, nodes in-process, fast heartbeats."""
+def daemon_config(directory: str, *, toml: str = "", server: dict[str, Any] | None = None
+                  ) -> Config:
+    """A config for tests: socket under `directory`, nodes in-process, fast heartbeats;
+    `server` overrides keys of [server] (the config is frozen, like the daemon's)."""
     text = f"""
 [server]
 listen = "unix:{directory}/run/nodehost.sock"
@@ -219,7 +223,11 @@ default = "inprocess"
 heartbeat_seconds = 0.2
 {toml}
 """
-    return msgspec.toml.decode(text.encode(), type=Config)
+    config = msgspec.toml.decode(text.encode(), type=Config)
+    if server:
+        config = msgspec.structs.replace(
+            config, server=msgspec.structs.replace(config.server, **server))
+    return config
 
 
 class Running:

@@ -14,6 +14,7 @@ import pytest
 
 from nodehost import NodeError
 from nodehost.node_api import Context, NodeSpec
+from nodehost.reports import Artifact, Chunk, Metric, NodeReport, Partial, Progress
 
 
 class Recorder:
@@ -28,34 +29,23 @@ class Recorder:
         self.artifacts: list[dict[str, Any]] = []
         self.on_chunk = on_chunk
 
-    def progress(self, fraction: float | None, stage: str | None, message: str | None) -> None:
-        self.progresses.append((fraction, stage, message))
-
-    def chunk(
-        self,
-        channel: str,
-        text: str | None,
-        data: bytes | None,
-        mime_type: str | None,
-        terminal: bool,
-        metadata: dict[str, Any] | None,
-    ) -> None:
-        if text is None:
-            assert data is not None
-            self.data_chunks.append((channel, data))
-            return
-        self.chunks.append((channel, text))
-        if self.on_chunk is not None:
-            self.on_chunk(channel, text)
-
-    def partial(self, update: dict[str, Any]) -> None:
-        self.partials.append(update)
-
-    def metric(self, name: str, value: float) -> None:
-        self.metrics.append((name, value))
-
-    def artifact(self, artifact: dict[str, Any]) -> None:
-        self.artifacts.append(artifact)
+    def __call__(self, report: NodeReport) -> None:
+        match report:
+            case Progress(fraction, stage, message):
+                self.progresses.append((fraction, stage, message))
+            case Chunk(channel=channel, text=None, data=data):
+                assert data is not None
+                self.data_chunks.append((channel, data))
+            case Chunk(channel=channel, text=str(text)):
+                self.chunks.append((channel, text))
+                if self.on_chunk is not None:
+                    self.on_chunk(channel, text)
+            case Partial(update):
+                self.partials.append(update)
+            case Metric(name, value):
+                self.metrics.append((name, value))
+            case Artifact(artifact):
+                self.artifacts.append(artifact)
 
     def channel(self, name: str) -> list[str]:
         """The text chunks of one channel, in order."""

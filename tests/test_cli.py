@@ -143,7 +143,8 @@ def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_shipped_config_is_the_default() -> None:
     """config.toml at the repository root decodes to exactly the built-in defaults."""
-    from nodehost.config import Config, load_config
+    from nodehost.config import Config
+    from nodehost.configfile import load_config
 
     assert load_config(ROOT / "config.toml") == Config()
 

@@ -225,7 +225,7 @@ async def test_watch_reconnects_with_last_event_id_when_the_stream_drops(
                 # from where the first summary left off to the final status: nothing missed
                 first, last = expected.index(seen[0]), expected.index(seen[-1])
                 assert seen == expected[first:last + 1]
-                assert fed[-1].type == "run.status" and fed[-1].data["status"] == "succeeded"
+                assert fed[-1].type == "run.status" and fed[-1].data.status == "succeeded"
             assert os.path.exists(r.socket_path)
 
 

@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from nodehost.cli import main
-from nodehost.config import load_config
+from nodehost.configfile import load_config
 from nodehost.plugins import PluginHost
 from nodehost.testing import EXECUTORS
 from plugin_fixtures import install

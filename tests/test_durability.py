@@ -287,9 +287,9 @@ def test_a_corrupt_journal_refuses_to_start_and_says_where(tmp_path: Path) -> No
 def _filler(i: int) -> Any:
     from datetime import UTC, datetime
 
-    from nodehost.store.records import CancelRun
+    from nodehost.commands import CancelRun
 
-    return CancelRun(datetime.now(UTC), i, f"run-{i}", "filler")
+    return CancelRun(ts=datetime.now(UTC), seq=i, run_id=f"run-{i}", reason="filler")
 
 
 def test_kill_9_under_load_loses_nothing_acknowledged(tmp_path: Path) -> None:

@@ -9,19 +9,21 @@ import msgspec
 import pytest
 
 from builders import (
+    CATALOG,
     Driver,
     Fail,
     chain,
-    compile_doc,
     edge,
     node,
     port,
     workflow,
 )
+from nodehost.commands import Submit
+from nodehost.documents import Documents
 from nodehost.engine import Cancel, Engine, Ready, RunFinished, Timer
 from nodehost.model import ErrorInfo
+from nodehost.reports import Artifact, Chunk, Metric, Partial, Progress
 from nodehost.runstate import run_summary
-from nodehost.validate import definition_hash
 
 
 def diamond() -> dict[str, Any]:
@@ -34,9 +36,13 @@ def diamond() -> dict[str, Any]:
 
 def test_submit_makes_only_entry_nodes_ready() -> None:
     """A new run is queued, with Ready effects for the nodes without upstreams only."""
-    engine = Engine()
-    wf, graph = compile_doc(workflow([node("a"), node("b"), node("c")], [edge("a", "b")]))
-    run = engine.submit(wf, graph, client_id="c1", definition_hash=definition_hash(wf))
+    documents = Documents(CATALOG)
+    engine = Engine(compile=documents)
+    prepared = documents.prepare(workflow([node("a"), node("b"), node("c")], [edge("a", "b")]))
+    assert engine.apply(Submit(run_id="r1", tenant="default", client_id="c1",
+                               workflow=msgspec.Raw(prepared.document),
+                               definition_hash=prepared.definition_hash))
+    run = engine.runs["r1"]
     effects = engine.take_effects()
     assert [e.task.task_id for e in effects if isinstance(e, Ready)] == ["a", "c"]
     assert run.status == "queued" and run.started_at is None
@@ -203,7 +209,7 @@ def test_partial_results_are_part_of_the_final_result() -> None:
     d = Driver()
     run = d.submit(workflow([node("a")]))
     dispatch_id = d.attempt("a").dispatch_id
-    assert d.engine.report_partial(dispatch_id, {"p": 1, "q": 1})
+    assert d.report(dispatch_id, Partial({"p": 1, "q": 1}))
     d.complete("a", {"q": 2})
     assert run.tasks["a"].result == {"p": 1, "q": 2}
 
@@ -230,7 +236,7 @@ def test_failure_skips_downstream_and_lets_other_branches_finish() -> None:
         assert task.error.code == "E.UPSTREAM.FAILED"
     assert run.status == "running" and run.finished_at is None
     assert d.running_ids() == ["x"]
-    assert not d.events("run.status")[-1].data["status"] == "failed"
+    assert not d.events("run.status")[-1].data.status == "failed"
     d.complete("x")
     assert run.status == "running"
     d.complete("y")
@@ -238,7 +244,7 @@ def test_failure_skips_downstream_and_lets_other_branches_finish() -> None:
     assert run.error.code == "E.DISK" and run.error.message == "node b failed: disk full"
     assert "c" not in d.dispatched_ids() and "c2" not in d.dispatched_ids()
     status = d.events("run.status")[-1].data
-    assert status["status"] == "failed" and status["reason"] == "node b failed: disk full"
+    assert status.status == "failed" and status.reason == "node b failed: disk full"
 
 
 def test_skipped_node_fails_the_run() -> None:
@@ -262,7 +268,7 @@ def test_fail_fast_cancels_the_rest_at_once() -> None:
     assert d.cancels == [x_attempt.dispatch_id]
     assert run.tasks["x"].status == "cancelled" and run.tasks["y"].status == "cancelled"
     assert {run.tasks["c"].status, run.tasks["c2"].status} <= {"skipped", "cancelled"}
-    assert not d.engine.complete(x_attempt.dispatch_id, {})
+    assert not d.complete_attempt(x_attempt.dispatch_id, {})
     assert run.error.message == "node b failed: boom"
 
 
@@ -271,15 +277,15 @@ def test_cancel_run() -> None:
     d = Driver()
     run = d.submit(workflow([node("a"), node("b"), node("c")], [edge("a", "c")]))
     attempts = {d.attempt(t).dispatch_id for t in ("a", "b")}
-    assert d.engine.cancel_run(run.run_id, "operator said so")
+    assert d.cancel_run(run.run_id, "operator said so")
     d.pump()
     assert set(d.cancels) == attempts
     assert set(d.statuses(run).values()) == {"cancelled"}
     assert run.status == "cancelled" and d.finished == [run]
-    assert d.events("run.status")[-1].data["reason"] == "operator said so"
-    assert not d.engine.cancel_run(run.run_id)
-    assert not d.engine.cancel_run("no-such-run")
-    assert not any(d.engine.complete(a, {}) for a in attempts)
+    assert d.events("run.status")[-1].data.reason == "operator said so"
+    assert not d.cancel_run(run.run_id)
+    assert not d.cancel_run("no-such-run")
+    assert not any(d.complete_attempt(a, {}) for a in attempts)
 
 
 def test_cancel_after_a_branch_failed_ends_cancelled() -> None:
@@ -288,7 +294,7 @@ def test_cancel_after_a_branch_failed_ends_cancelled() -> None:
     run = d.submit(branches())
     d.complete("a")
     d.fail("b")
-    d.engine.cancel_run(run.run_id)
+    d.cancel_run(run.run_id)
     d.pump()
     assert run.status == "cancelled" and run.tasks["x"].status == "cancelled"
 
@@ -299,7 +305,7 @@ def test_cancel_a_node_waiting_for_its_retry() -> None:
     run = d.submit(workflow([node("a", retry={"maxAttempts": 3, "backoffSeconds": 5})]))
     d.fail("a")
     [_timer] = d.timers
-    d.engine.cancel_run(run.run_id)
+    d.cancel_run(run.run_id)
     d.fire(kind="retry")
     assert run.tasks["a"].status == "cancelled" and d.running == {}
     assert d.engine.dispatch(run.tasks["a"]) is None
@@ -375,7 +381,7 @@ def test_timeout_cancels_the_attempt_and_fails_the_node() -> None:
     assert a.status == "failed" and a.error.code == "E.TIMEOUT"
     assert a.error.message == "timed out after 5 s"
     assert run.tasks["b"].status == "skipped" and run.status == "failed"
-    assert not d.engine.complete(attempt.dispatch_id, {})
+    assert not d.complete_attempt(attempt.dispatch_id, {})
 
 
 def test_timeout_with_retries_dispatches_again() -> None:
@@ -386,7 +392,7 @@ def test_timeout_with_retries_dispatches_again() -> None:
     d.fire(kind="timeout")
     second = d.attempt("a")
     assert second.attempt == 2 and second.dispatch_id != first.dispatch_id
-    assert not d.engine.complete(first.dispatch_id, {"late": True})
+    assert not d.complete_attempt(first.dispatch_id, {"late": True})
     d.complete("a", {"ok": True})
     assert run.status == "succeeded" and run.tasks["a"].result == {"ok": True}
 
@@ -416,7 +422,7 @@ def test_stale_timeout_does_not_hit_the_next_attempt() -> None:
     [old] = d.timers
     d.fail("a")
     d.timers.remove(old)
-    d.engine.fire_timer(old)
+    d.fire_timer(old)
     d.pump()
     assert d.attempt("a").attempt == 2 and d.cancels == []
     assert run.tasks["a"].status == "running"
@@ -434,18 +440,18 @@ def test_stale_and_unknown_dispatch_ids_are_ignored() -> None:
     current = d.attempt("a").dispatch_id
     before = len(d.envelopes)
     for dispatch_id in (stale, "no-such-dispatch"):
-        assert not d.engine.complete(dispatch_id, {"x": 1})
-        assert not d.engine.fail(dispatch_id, ErrorInfo(code="E", message="m"))
-        assert not d.engine.report_progress(dispatch_id, 0.5, "stage", "msg")
-        assert not d.engine.report_partial(dispatch_id, {"x": 1})
-        assert not d.engine.report_chunk(dispatch_id, "log", "t", None, None, False, None)
-        assert not d.engine.report_metric(dispatch_id, "m", 1.0)
-        assert not d.engine.report_artifact(dispatch_id, {"resourceId": "r", "type": "t"})
+        assert not d.complete_attempt(dispatch_id, {"x": 1})
+        assert not d.fail_attempt(dispatch_id, ErrorInfo(code="E", message="m"))
+        assert not d.report(dispatch_id, Progress(0.5, "stage", "msg"))
+        assert not d.report(dispatch_id, Partial({"x": 1}))
+        assert not d.report(dispatch_id, Chunk("log", "t", None, None, False, None))
+        assert not d.report(dispatch_id, Metric("m", 1.0))
+        assert not d.report(dispatch_id, Artifact({"resourceId": "r", "type": "t"}))
     assert len(d.envelopes) == before and d.engine.take_effects() == []
     assert run.tasks["a"].status == "running" and run.tasks["a"].partial is None
-    assert d.engine.report_progress(current, 0.5, None, None)
-    assert d.engine.complete(current, {})
-    assert not d.engine.complete(current, {})
+    assert d.report(current, Progress(0.5, None, None))
+    assert d.complete_attempt(current, {})
+    assert not d.complete_attempt(current, {})
 
 
 def test_artifacts_and_metrics_of_a_failed_attempt_are_dropped() -> None:
@@ -453,11 +459,11 @@ def test_artifacts_and_metrics_of_a_failed_attempt_are_dropped() -> None:
     d = Driver()
     run = d.submit(workflow([node("a", retry={"maxAttempts": 2})]))
     first = d.attempt("a").dispatch_id
-    d.engine.report_artifact(first, {"resourceId": "half-written", "type": "file"})
-    d.engine.report_metric(first, "frames", 10)
+    d.report(first, Artifact({"resourceId": "half-written", "type": "file"}))
+    d.report(first, Metric("frames", 10))
     d.fail("a")
     second = d.attempt("a").dispatch_id
-    d.engine.report_artifact(second, {"resourceId": "good", "type": "file"})
+    d.report(second, Artifact({"resourceId": "good", "type": "file"}))
     d.complete("a")
     a = run.tasks["a"]
     assert [x["resourceId"] for x in a.artifacts] == ["good"] and a.metrics == {}
@@ -472,7 +478,7 @@ def test_run_status_rollup_in_events() -> None:
     d = Driver()
     d.submit(workflow([node("a"), node("b")]))
     d.run()
-    assert [e.data["status"] for e in d.events("run.status")] == ["queued", "running", "succeeded"]
+    assert [e.data.status for e in d.events("run.status")] == ["queued", "running", "succeeded"]
 
 
 def test_summary_lists_every_node_with_its_state() -> None:
@@ -492,7 +498,7 @@ def test_effects_are_the_only_output() -> None:
     """take_effects drains: a second call returns nothing; RunFinished comes once."""
     d = Driver()
     run = d.submit(workflow([node("a")]))
-    d.engine.complete(d.attempt("a").dispatch_id, {})
+    d.complete_attempt(d.attempt("a").dispatch_id, {})
     effects = d.engine.take_effects()
     assert effects == [RunFinished(run)]
     assert d.engine.take_effects() == []

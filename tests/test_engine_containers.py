@@ -216,7 +216,7 @@ def test_container_shows_running_again_after_a_retry() -> None:
     d = Driver()
     d.submit(simple(retry=(2, 0)))
     d.fail(f"{C}::x")
-    states = [e.data["state"]["stage"] for e in d.events("node.state", "c")]
+    states = [e.data.state.stage for e in d.events("node.state", "c")]
     assert states == ["running", "retrying", "running"]
 
 
@@ -271,7 +271,7 @@ def test_container_timeout_aborts_the_frame() -> None:
     c = run.tasks["c"]
     assert c.status == "failed" and c.error.code == "E.TIMEOUT"
     assert run.tasks["after"].status == "skipped" and run.status == "failed"
-    assert not d.engine.complete(inner.dispatch_id, {})
+    assert not d.complete_attempt(inner.dispatch_id, {})
 
 
 def test_container_timeout_then_retry() -> None:
@@ -301,7 +301,7 @@ def test_stale_inner_container_timeout_after_the_outer_retry() -> None:
     d.fire(kind="timeout", task_id="outer")  # outer times out and is retried
     assert run.tasks[f"{OUTER}::mid"].status == "running"
     d.timers.remove(old_mid_timer)
-    d.engine.fire_timer(old_mid_timer)
+    d.fire_timer(old_mid_timer)
     d.pump()
     assert run.tasks[f"{OUTER}::mid"].status == "running"
     assert d.running_ids() == [f"{OUTER}::mid::s2::q"]
@@ -320,8 +320,8 @@ def test_loop_runs_max_iterations() -> None:
     c = run.tasks["c"]
     assert c.status == "succeeded" and c.result["x"] == {"n": 2}
     assert c.attempt == 3 and run.status == "succeeded"
-    assert [e.data["state"].get("message") for e in d.events("node.state", "c")
-            if e.data["status"] == "running"] == ["iteration 1", "iteration 2", "iteration 3"]
+    assert [e.data.state.message for e in d.events("node.state", "c")
+            if e.data.status == "running"] == ["iteration 1", "iteration 2", "iteration 3"]
 
 
 def test_loop_condition_stops_the_loop() -> None:
@@ -384,7 +384,7 @@ def test_cancel_reaches_nodes_in_frames() -> None:
     d = Driver()
     run = d.submit(nested())
     inner = {d.attempt(t).dispatch_id for t in (f"{OUTER}::p", f"{MIDDLE}::q")}
-    d.engine.cancel_run(run.run_id)
+    d.cancel_run(run.run_id)
     d.pump()
     assert set(d.cancels) == inner
     assert run.status == "cancelled"

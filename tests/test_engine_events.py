@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -18,9 +19,20 @@ from builders import (
     subgraph,
     workflow,
 )
-from nodehost.events import EVENT_TYPES, Envelope, sse_frame
+from nodehost.events import EVENT_TYPES, Envelope, NodeState, sse_frame
+from nodehost.reports import Artifact, Chunk, Metric, Partial, Progress
 
 C = "wf::c::s"
+
+
+def wire(envelope: Envelope) -> Any:
+    """An envelope's data as a client decodes it."""
+    return msgspec.json.decode(msgspec.json.encode(envelope.data))
+
+
+def stamp(when: datetime | None) -> str | None:
+    """A timestamp as it is on the wire."""
+    return msgspec.json.decode(msgspec.json.encode(when))
 
 
 def ids(envelopes: list[Envelope]) -> list[int]:
@@ -29,7 +41,8 @@ def ids(envelopes: list[Envelope]) -> list[int]:
 
 def trace(d: Driver) -> list[tuple[str, str | None, str | None]]:
     """(type, taskId, status) of every envelope, in order."""
-    return [(e.type, e.data.get("taskId"), e.data.get("status")) for e in d.envelopes]
+    return [(e.type, getattr(e.data, "task_id", None), getattr(e.data, "status", None))
+            for e in d.envelopes]
 
 
 def test_every_transition_emits_in_order() -> None:
@@ -52,7 +65,7 @@ def test_every_transition_emits_in_order() -> None:
         ("run.snapshot", None, None),
     ]
     assert ids(d.envelopes) == list(range(1, len(d.envelopes) + 1))
-    assert {e.type for e in d.envelopes} == set(EVENT_TYPES) - {"node.result.delta"}
+    assert {e.type for e in d.envelopes} == set(EVENT_TYPES) - {"node.result.delta", "stream.reset"}
 
 
 def test_scope_names_tenant_run_and_client_session() -> None:
@@ -64,7 +77,8 @@ def test_scope_names_tenant_run_and_client_session() -> None:
         assert e.version == "v1"
         assert msgspec.to_builtins(e.scope) == {
             "tenant": "acme", "runId": run.run_id, "clientSessionId": "dash-7"}
-        assert e.data["kind"] == e.type and e.data.get("runId", run.run_id) == run.run_id
+        data = msgspec.to_builtins(e.data)  # as on the wire
+        assert data["kind"] == e.type and data.get("runId", run.run_id) == run.run_id
 
 
 def test_payload_shapes() -> None:
@@ -72,18 +86,18 @@ def test_payload_shapes() -> None:
     d = Driver()
     run = d.submit(workflow([node("a")]))
     d.complete("a", {"answer": 42})
-    status = d.events("run.status")[-1].data
+    status = wire(d.events("run.status")[-1])
     assert status["status"] == "succeeded"
-    assert status["startedAt"] == run.started_at and status["finishedAt"] == run.finished_at
-    snapshot = d.events("run.snapshot")[-1].data
+    assert status["startedAt"] == stamp(run.started_at)
+    assert status["finishedAt"] == stamp(run.finished_at)
+    snapshot = wire(d.events("run.snapshot")[-1])
     assert "nodes" not in snapshot["run"] and snapshot["run"]["runId"] == run.run_id
-    nodes = msgspec.to_builtins(snapshot["nodes"])  # NodeSummary structs, as on the wire
-    assert [(n["nodeId"], n["status"], n["result"]) for n in nodes] == [
+    assert [(n["nodeId"], n["status"], n["result"]) for n in snapshot["nodes"]] == [
         ("a", "succeeded", {"answer": 42})]
-    state = d.events("node.state", "a")[-1].data
+    state = wire(d.events("node.state", "a")[-1])
     assert state["nodeId"] == "a" and state["state"]["stage"] == "succeeded"
-    assert state["state"]["lastUpdatedAt"] == d.now
-    result = d.events("node.result.snapshot", "a")[-1].data
+    assert state["state"]["lastUpdatedAt"] == stamp(d.now)
+    result = wire(d.events("node.result.snapshot", "a")[-1])
     assert result["revision"] == 1 and result["format"] == "json"
     assert result["content"] == {"answer": 42} and result["artifacts"] == []
     assert result["complete"] is True
@@ -95,14 +109,14 @@ def test_failure_events_carry_the_error() -> None:
     d.on("a", Fail("broken", code="E.X"))
     d.submit(workflow([node("a"), node("b")], chain("a", "b")))
     d.run()
-    failed = d.events("node.state", "a")[-1].data
+    failed = wire(d.events("node.state", "a")[-1])
     assert failed["status"] == "failed"
-    assert msgspec.to_builtins(failed["state"]["error"]) == {"code": "E.X", "message": "broken"}
-    assert d.events("node.result.snapshot", "a")[-1].data["summary"] == "broken"
-    skipped = d.events("node.state", "b")[-1].data
+    assert failed["state"]["error"] == {"code": "E.X", "message": "broken"}
+    assert d.events("node.result.snapshot", "a")[-1].data.summary == "broken"
+    skipped = wire(d.events("node.state", "b")[-1])
     assert skipped["status"] == "skipped"
     assert skipped["state"]["message"] == "upstream 'a' failed"
-    assert d.events("run.status")[-1].data["reason"] == "node a failed: broken"
+    assert d.events("run.status")[-1].data.reason == "node a failed: broken"
 
 
 def test_retry_is_visible_in_node_state() -> None:
@@ -111,10 +125,10 @@ def test_retry_is_visible_in_node_state() -> None:
     d.submit(workflow([node("a", retry={"maxAttempts": 2})]))
     d.fail("a", "flaky")
     retrying = [e.data for e in d.events("node.state", "a")][1]
-    assert retrying["status"] == "queued" and retrying["state"]["stage"] == "retrying"
-    assert retrying["state"]["error"].message == "flaky"
+    assert retrying.status == "queued" and retrying.state.stage == "retrying"
+    assert retrying.state.error is not None and retrying.state.error.message == "flaky"
     assert d.stages("a") == ["running", "queued", "running"]
-    assert [e.data["attempt"] for e in d.events("node.state", "a")] == [1, 1, 2]
+    assert [e.data.attempt for e in d.events("node.state", "a")] == [1, 1, 2]
 
 
 def test_subgraph_nodes_and_containers_publish_events() -> None:
@@ -128,11 +142,11 @@ def test_subgraph_nodes_and_containers_publish_events() -> None:
     for task_id in ("outer", "wf::outer::s1::mid", q):
         assert d.stages(task_id) == ["running", "succeeded"], task_id
         [snap] = d.events("node.result.snapshot", task_id)
-        assert snap.data["complete"] is True
-    assert d.events("node.state", q)[0].data["nodeId"] == "q"
+        assert snap.data.complete is True
+    assert d.events("node.state", q)[0].data.node_id == "q"
     assert ids(d.envelopes) == list(range(1, len(d.envelopes) + 1))
     # a parent finishes after its child in the event order
-    last = {e.data.get("taskId"): int(e.id) for e in d.events("node.state")}
+    last = {e.data.task_id: int(e.id) for e in d.events("node.state")}
     assert last[q] < last["wf::outer::s1::mid"] < last["outer"]
 
 
@@ -152,16 +166,15 @@ def test_deltas_share_one_sequence_per_revision() -> None:
     d = Driver()
     d.submit(workflow([node("a", retry={"maxAttempts": 2})]))
     first = d.attempt("a").dispatch_id
-    e = d.engine
-    assert e.report_chunk(first, "log", "hello", None, None, False, None)
-    assert e.report_partial(first, {"boxes": [1], "count": 1})
-    assert e.report_chunk(first, "stdout", None, b"\x00\x01", "application/octet-stream", True,
-                          {"k": "v"})
+    assert d.report(first, Chunk("log", "hello"))
+    assert d.report(first, Partial({"boxes": [1], "count": 1}))
+    assert d.report(first, Chunk("stdout", None, b"\x00\x01", "application/octet-stream", True,
+                                 {"k": "v"}))
     d.fail("a")
     second = d.attempt("a").dispatch_id
-    e.report_partial(second, {"count": 2})
-    e.report_chunk(second, "log", "again", None, None, False, None)
-    deltas = [x.data for x in d.events("node.result.delta")]
+    d.report(second, Partial({"count": 2}))
+    d.report(second, Chunk("log", "again"))
+    deltas = [wire(x) for x in d.events("node.result.delta")]
     assert [(x["revision"], x["sequence"]) for x in deltas] == [
         (1, 1), (1, 2), (1, 3), (1, 4), (2, 1), (2, 2)]
     log, boxes, count, raw = deltas[:4]
@@ -180,18 +193,18 @@ def test_chunk_channel_is_escaped_in_the_path() -> None:
     """A channel name is one pointer segment: `/` and `~` are escaped."""
     d = Driver()
     d.submit(workflow([node("a")]))
-    d.engine.report_chunk(d.attempt("a").dispatch_id, "llm/tokens~", "t", None, None, False, None)
-    assert d.events("node.result.delta")[0].data["path"] == "/channels/llm~1tokens~0"
+    d.report(d.attempt("a").dispatch_id, Chunk("llm/tokens~", "t", None, None, False, None))
+    assert d.events("node.result.delta")[0].data.path == "/channels/llm~1tokens~0"
 
 
 def test_progress_emits_node_state() -> None:
     """Progress reports show in node.state with stage, progress and message."""
     d = Driver()
     d.submit(workflow([node("a")]))
-    d.engine.report_progress(d.attempt("a").dispatch_id, 0.25, "loading", "model 1/4")
-    state = d.events("node.state", "a")[-1].data["state"]
-    assert state == {"stage": "loading", "progress": 0.25, "message": "model 1/4",
-                     "lastUpdatedAt": d.now}
+    d.report(d.attempt("a").dispatch_id, Progress(0.25, "loading", "model 1/4"))
+    state = d.events("node.state", "a")[-1].data.state
+    assert state == NodeState(stage="loading", progress=0.25, message="model 1/4",
+                              last_updated_at=d.now)
 
 
 def test_every_envelope_encodes_as_an_sse_frame() -> None:
@@ -200,7 +213,7 @@ def test_every_envelope_encodes_as_an_sse_frame() -> None:
     d.on("b", Fail())
     d.submit(workflow([container("c", "s"), node("b"), node("z")], [edge("b", "z")],
                       [subgraph("s", [node("x")])]))
-    d.engine.report_chunk(d.attempt(f"{C}::x").dispatch_id, "log", "x", None, None, False, None)
+    d.report(d.attempt(f"{C}::x").dispatch_id, Chunk("log", "x", None, None, False, None))
     d.run()
     for envelope in d.envelopes:
         frame = sse_frame(envelope)
@@ -231,9 +244,9 @@ def sizes(n: int) -> dict[str, int]:
     d.submit(wide(n), run_id="run-fixed")
     attempt = d.attempt("n0000").dispatch_id
     start = len(d.envelopes)
-    d.engine.report_progress(attempt, 0.5, None, "half")
-    d.engine.report_chunk(attempt, "log", "line", None, None, False, None)
-    d.engine.report_partial(attempt, {"k": 1})
+    d.report(attempt, Progress(0.5, None, "half"))
+    d.report(attempt, Chunk("log", "line", None, None, False, None))
+    d.report(attempt, Partial({"k": 1}))
     d.complete("n0000", {"k": 2})
     # the id (the daemon-wide sequence) is the only field allowed to differ
     return {e.type + str(i): len(msgspec.json.encode(msgspec.structs.replace(e, id="0")))
@@ -264,13 +277,13 @@ def test_only_submit_and_finish_build_snapshots(monkeypatch: pytest.MonkeyPatch)
     for i in range(49):
         task_id = f"n{i:04d}"
         attempt = d.attempt(task_id).dispatch_id
-        d.engine.report_progress(attempt, 0.5, None, None)
-        d.engine.report_chunk(attempt, "log", "x", None, None, False, None)
-        d.engine.report_partial(attempt, {"p": 1})
+        d.report(attempt, Progress(0.5, None, None))
+        d.report(attempt, Chunk("log", "x", None, None, False, None))
+        d.report(attempt, Partial({"p": 1}))
         d.complete(task_id)
     assert len(calls) == 1
     d.complete("n0049")
-    assert len(calls) == 2 and d.events("run.snapshot")[-1].data["run"]["status"] == "succeeded"
+    assert len(calls) == 2 and d.events("run.snapshot")[-1].data.run.status == "succeeded"
 
 
 def test_published_envelopes_do_not_change_afterwards() -> None:
@@ -278,12 +291,12 @@ def test_published_envelopes_do_not_change_afterwards() -> None:
     d = Driver()
     d.submit(workflow([node("a", retry={"maxAttempts": 2})]))
     first = d.attempt("a").dispatch_id
-    d.engine.report_artifact(first, {"resourceId": "r1", "type": "file"})
+    d.report(first, Artifact({"resourceId": "r1", "type": "file"}))
     d.fail("a")
     encoded = [msgspec.json.encode(e) for e in d.envelopes]
     second = d.attempt("a").dispatch_id
-    d.engine.report_artifact(second, {"resourceId": "r2", "type": "file"})
-    d.engine.report_partial(second, {"x": 1})
+    d.report(second, Artifact({"resourceId": "r2", "type": "file"}))
+    d.report(second, Partial({"x": 1}))
     d.complete("a", {"y": 2})
     assert [msgspec.json.encode(e) for e in d.envelopes[: len(encoded)]] == encoded
 
@@ -294,13 +307,12 @@ def test_the_final_snapshot_carries_what_the_node_reported() -> None:
     d = Driver()
     d.submit(workflow([node("a")]))
     dispatch_id = d.attempt("a").dispatch_id
-    e = d.engine
-    assert e.report_metric(dispatch_id, "items", 3)
-    assert e.report_metric(dispatch_id, "bytes", 10)
-    assert e.report_artifact(dispatch_id, {"resourceId": "r1", "type": "text/plain"})
-    assert e.report_artifact(dispatch_id, {"resourceId": "r2", "type": "image/png"})
-    assert e.report_partial(dispatch_id, {"boxes": [1]})
-    assert e.report_partial(dispatch_id, {"count": 1})
+    assert d.report(dispatch_id, Metric("items", 3))
+    assert d.report(dispatch_id, Metric("bytes", 10))
+    assert d.report(dispatch_id, Artifact({"resourceId": "r1", "type": "text/plain"}))
+    assert d.report(dispatch_id, Artifact({"resourceId": "r2", "type": "image/png"}))
+    assert d.report(dispatch_id, Partial({"boxes": [1]}))
+    assert d.report(dispatch_id, Partial({"count": 1}))
     d.complete("a", {"done": True})
     [last] = msgspec.json.decode(msgspec.json.encode(d.events("run.snapshot")[-1].data))["nodes"]
     assert last["metadata"]["metrics"] == {"items": 3.0, "bytes": 10.0}

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from builders import Driver, container, edge, node, subgraph, workflow
 from nodehost.model import ErrorInfo
+from nodehost.reports import Chunk, Partial
 
 
 @st.composite
@@ -92,9 +93,9 @@ def test_random_runs_always_end_consistently(doc: dict[str, Any], fail_fast: boo
         if action in ("complete", "fail", "fail_final", "report"):
             attempt = data.draw(st.sampled_from(list(d.running.values())))
             if action == "report":
-                assert d.engine.report_chunk(attempt.dispatch_id, "log", "x", None, None,
-                                             False, None)
-                assert d.engine.report_partial(attempt.dispatch_id, {"p": 1})
+                assert d.report(attempt.dispatch_id, Chunk("log", "x", None, None,
+                                             False, None))
+                assert d.report(attempt.dispatch_id, Partial({"p": 1}))
                 continue
             stale.append(attempt.dispatch_id)
             if action == "complete":
@@ -108,11 +109,11 @@ def test_random_runs_always_end_consistently(doc: dict[str, Any], fail_fast: boo
             dispatch_id = data.draw(st.sampled_from(stale))
             if dispatch_id not in d.running:
                 before = len(d.envelopes)
-                assert not d.engine.complete(dispatch_id, {})
-                assert not d.engine.fail(dispatch_id, ErrorInfo(code="E", message="late"))
+                assert not d.complete_attempt(dispatch_id, {})
+                assert not d.fail_attempt(dispatch_id, ErrorInfo(code="E", message="late"))
                 assert len(d.envelopes) == before
         else:
-            cancelled = d.engine.cancel_run(run.run_id)
+            cancelled = d.cancel_run(run.run_id)
             d.pump()
         check_dispatches()
 
@@ -138,9 +139,9 @@ def test_random_runs_always_end_consistently(doc: dict[str, Any], fail_fast: boo
         assert run.status == "failed" and run.error is not None
 
     assert [int(e.id) for e in d.envelopes] == list(range(1, len(d.envelopes) + 1))
-    assert [e.data["status"] for e in d.events("run.status")][-1] == run.status
+    assert [e.data.status for e in d.events("run.status")][-1] == run.status
     deltas: dict[tuple[str, int], list[int]] = defaultdict(list)
     for e in d.events("node.result.delta"):
-        deltas[(e.data["taskId"], e.data["revision"])].append(e.data["sequence"])
+        deltas[(e.data.task_id, e.data.revision)].append(e.data.sequence)
     for sequences in deltas.values():
         assert sequences == list(range(1, len(sequences) + 1))

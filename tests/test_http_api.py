@@ -18,7 +18,7 @@ from http_support import (
     node,
     release,
 )
-from nodehost.api import ApiSettings
+from nodehost.config import ApiConfig
 from nodehost.validate import Limits
 
 pytestmark = pytest.mark.anyio
@@ -110,6 +110,17 @@ async def test_malformed_bodies_are_400(content: bytes, path: str) -> None:
         assert body["details"][0]["path"] == path
 
 
+async def test_an_integer_the_journal_cannot_hold_is_400_at_its_path() -> None:
+    """JSON integers have no bound; one past 64 bits is refused by path, not a 500."""
+    async with api_client() as t:
+        document = doc(node("a", "nodehost.std.delay", seconds=0.01, value=[1, 2**64]))
+        response = await t.client.post(RUNS, json=document)
+        body = assert_error(response, 400, "invalid_workflow")
+        assert body["details"][0]["path"] == "$.workflow.nodes[0].parameters.value[1]"
+        assert "out of range" in body["details"][0]["message"]
+        assert len(t.host.engine.runs) == 0
+
+
 async def test_a_body_that_is_not_json_is_415() -> None:
     """POST /runs takes application/json only."""
     async with api_client() as t:
@@ -120,7 +131,7 @@ async def test_a_body_that_is_not_json_is_415() -> None:
 
 async def test_a_body_over_the_limit_is_413_by_length_and_while_reading() -> None:
     """A Content-Length over the limit, and a chunked body that grows over it: 413."""
-    async with api_client(settings=ApiSettings(max_body_bytes=2000)) as t:
+    async with api_client(settings=ApiConfig(max_body_bytes=2000)) as t:
         big = json.dumps(doc(node("a", "nodehost.std.delay", seconds=0.01,
                                   value="x" * 3000))).encode()
         response = await t.client.post(RUNS, content=big,
@@ -141,7 +152,7 @@ async def test_a_body_over_the_limit_is_413_by_length_and_while_reading() -> Non
 async def test_a_document_over_the_document_limit_is_400_from_the_validator() -> None:
     """Under the body limit but over [documents] max_document_bytes: 400, naming the size."""
     async with api_client() as t:
-        t.host.document_limits = Limits(max_document_bytes=300)
+        t.host.documents.limits = Limits(max_document_bytes=300)
         response = await t.client.post(RUNS, json=doc(node("a", "nodehost.std.delay",
                                                            seconds=0.01, value="x" * 400)))
         body = assert_error(response, 400, "invalid_workflow")

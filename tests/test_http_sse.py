@@ -266,8 +266,7 @@ async def test_stopping_ends_open_streams_promptly() -> None:
 async def test_a_graceful_stop_lets_running_runs_finish_and_refuses_new_ones() -> None:
     """While draining: POST /runs is 503, streams go on; the run ends, then everything stops."""
     with short_tmpdir() as d:
-        config = daemon_config(d)
-        config.server.drain_seconds = 10
+        config = daemon_config(d, server={"drain_seconds": 10})
         async with running_daemon(config) as r, r.client() as c:
             document, gate = gated(client_id="s1")
             ref = (await c.post("/api/v1/runs", json=document)).json()

@@ -17,9 +17,9 @@ import msgspec
 import pytest
 from click.testing import CliRunner
 
+from hosts import local_host
 from nodehost import Context, Package, hookimpl
 from nodehost.cli import main
-from nodehost.embedded import EmbeddedHost
 from nodehost.errors import PluginLoadError, WorkflowInvalid
 from nodehost.plugins import Catalog, LoadReport, PluginHost, version_key
 from plugin_fixtures import install
@@ -173,12 +173,12 @@ async def test_two_versions_of_a_package_are_served_side_by_side(
             for i, v in enumerate(versions)]}
 
     with pytest.raises(WorkflowInvalid) as info:
-        EmbeddedHost(host.catalog).submit(doc("1.0.0", "3.0.0"))
+        local_host(host.catalog).submit(doc("1.0.0", "3.0.0"))
     assert [str(i) for i in info.value.issues] == [
         "$.nodes[1].package.version: package 'acme.vision' has no version '3.0.0'; "
         "installed: ['1.0.0', '2.0.0']"]
 
-    async with EmbeddedHost(host.catalog).running() as embedded:
+    async with local_host(host.catalog).running() as embedded:
         done = await embedded.run(doc("1.0.0", "2.0.0"))
     assert {t: task.result for t, task in done.tasks.items()} == {
         "d0": {"model": "v1"}, "d1": {"model": "v2"}}

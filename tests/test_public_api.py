@@ -134,4 +134,4 @@ def test_loading_the_test_kit_does_not_load_the_host() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == str(["nodehost.errors", "nodehost.hookspecs", "nodehost.node_api",
-                               "nodehost.testing"])
+                               "nodehost.reports", "nodehost.testing"])

@@ -10,11 +10,10 @@ import anyio
 import msgspec
 import pytest
 
+from hosts import local_host
 from nodehost import Context, NodeError, Package
-from nodehost.embedded import EmbeddedHost
 from nodehost.plugins import Catalog
 from nodehost.runstate import Run
-from nodehost.scheduler import SchedulerLimits
 
 pytestmark = pytest.mark.anyio
 
@@ -158,7 +157,7 @@ async def test_global_parallelism_is_never_exceeded() -> None:
     """With parallelism 3, ten ready nodes never run more than three at once."""
     probe = Probe()
     probe.want_entered = 3
-    host = EmbeddedHost(make_catalog(probe), limits=SchedulerLimits(parallelism=3))
+    host = local_host(make_catalog(probe), parallelism=3)
     async with host.running():
         run = host.submit(doc(*(node(f"n{i}", "t.block") for i in range(10))))
         await probe.entered.wait()
@@ -174,8 +173,7 @@ async def test_per_package_limit_leaves_other_packages_free() -> None:
     """A package limit of 1 holds that package back but not another package."""
     probe = Probe()
     probe.want_entered = 3
-    limits = SchedulerLimits(parallelism=10, per_package={"t.sched": 1})
-    host = EmbeddedHost(make_catalog(probe), limits=limits)
+    host = local_host(make_catalog(probe), parallelism=10, per_package={"t.sched": 1})
     nodes = [node(f"a{i}", "t.block") for i in range(3)]
     nodes += [node(f"b{i}", "t.other.block", "t.other", "2.0") for i in range(2)]
     async with host.running():
@@ -192,7 +190,7 @@ async def test_concurrency_key_runs_one_at_a_time_across_runs() -> None:
     """Nodes sharing a concurrencyKey (one camera) never overlap, even in different runs."""
     probe = Probe()
     probe.want_entered = 2
-    host = EmbeddedHost(make_catalog(probe), limits=SchedulerLimits(parallelism=10))
+    host = local_host(make_catalog(probe), parallelism=10)
     def cam(i: int) -> dict[str, Any]:
         return node(f"cam{i}", "t.block", concurrencyKey="camera-1",
                     parameters={"key": "camera-1"})
@@ -212,7 +210,7 @@ async def test_runs_share_the_slots_fairly() -> None:
     """A big run submitted first does not starve a small run submitted after it."""
     probe = Probe()
     probe.want_entered = 2
-    host = EmbeddedHost(make_catalog(probe), limits=SchedulerLimits(parallelism=2))
+    host = local_host(make_catalog(probe), parallelism=2)
     async with host.running():
         big = host.submit(doc(*(node(f"big{i}", "t.block") for i in range(20))))
         small = host.submit(doc(node("small", "t.block")))
@@ -229,7 +227,7 @@ async def test_runs_share_the_slots_fairly() -> None:
 async def test_cancel_stops_running_nodes_and_marks_the_rest() -> None:
     """Cancelling a run cancels the running node's scope; the downstream is cancelled."""
     probe = Probe()
-    host = EmbeddedHost(make_catalog(probe))
+    host = local_host(make_catalog(probe))
     async with host.running():
         run = host.submit(doc(node("a", "t.forever"), node("b", "t.block"), edges=(("a", "b"),)))
         await probe.entered.wait()
@@ -248,7 +246,7 @@ async def test_cancel_stops_running_nodes_and_marks_the_rest() -> None:
 async def test_timeout_fails_the_node_and_cancels_it() -> None:
     """timeoutSeconds stops a hanging node and fails it with E.TIMEOUT."""
     probe = Probe()
-    host = EmbeddedHost(make_catalog(probe))
+    host = local_host(make_catalog(probe))
     async with host.running():
         run = await host.run(doc(node("hang", "t.forever", timeoutSeconds=0.05)))
     task = by_id(run)["hang"]
@@ -261,7 +259,7 @@ async def test_timeout_fails_the_node_and_cancels_it() -> None:
 async def test_timeout_then_retry_dispatches_again() -> None:
     """A node that timed out is dispatched again while it has attempts left."""
     probe = Probe()
-    host = EmbeddedHost(make_catalog(probe))
+    host = local_host(make_catalog(probe))
     async with host.running():
         run = await host.run(doc(node("hang", "t.forever", timeoutSeconds=0.02,
                                       retry={"maxAttempts": 2})))
@@ -271,7 +269,7 @@ async def test_timeout_then_retry_dispatches_again() -> None:
 
 async def test_retries_with_backoff_until_success() -> None:
     """A node failing twice then succeeding ends succeeded on its third attempt."""
-    host = EmbeddedHost(make_catalog(Probe()))
+    host = local_host(make_catalog(Probe()))
     async with host.running():
         run = await host.run(doc(node("f", "t.flaky")))
     assert run.status == "succeeded"
@@ -280,7 +278,7 @@ async def test_retries_with_backoff_until_success() -> None:
 
 async def test_sync_node_runs_in_a_thread_and_reports() -> None:
     """A sync node runs off the event loop; its logs, progress and partials arrive."""
-    host = EmbeddedHost(make_catalog(Probe()))
+    host = local_host(make_catalog(Probe()))
     with host.bus.subscribe() as seen:
         async with host.running():
             run = await host.run(doc(node("s", "t.threaded")))
@@ -289,17 +287,17 @@ async def test_sync_node_runs_in_a_thread_and_reports() -> None:
     assert run.status == "succeeded"
     assert task.result == {"half": True, "thread": True}
     assert task.metrics == {"items": 3.0}
-    deltas = [e.data for e in envelopes if e.type == "node.result.delta"]
+    deltas = [msgspec.to_builtins(e.data) for e in envelopes if e.type == "node.result.delta"]
     assert deltas[0]["path"] == "/channels/log"
     assert deltas[0]["payload"]["text"].startswith("in ")
     assert deltas[1]["path"] == "/half"
-    states = [e.data["state"] for e in envelopes if e.type == "node.state"]
+    states = [msgspec.to_builtins(e.data)["state"] for e in envelopes if e.type == "node.state"]
     assert any(s.get("progress") == 0.5 and s.get("message") == "half way" for s in states)
 
 
 async def test_node_error_carries_code_message_and_remediation() -> None:
     """NodeError fails the node with its code; the remediation is kept in the details."""
-    host = EmbeddedHost(make_catalog(Probe()))
+    host = local_host(make_catalog(Probe()))
     async with host.running():
         run = await host.run(doc(node("x", "t.node_error"), node("y", "t.block"),
                                  edges=(("x", "y"),)))
@@ -312,7 +310,7 @@ async def test_node_error_carries_code_message_and_remediation() -> None:
 
 async def test_unexpected_exception_is_a_runner_failure_with_traceback() -> None:
     """Any other exception fails the node with E.RUNNER.FAILURE and where it happened."""
-    host = EmbeddedHost(make_catalog(Probe()))
+    host = local_host(make_catalog(Probe()))
     async with host.running():
         run = await host.run(doc(node("c", "t.crash")))
     err = by_id(run)["c"].error
@@ -323,7 +321,7 @@ async def test_unexpected_exception_is_a_runner_failure_with_traceback() -> None
 
 async def test_results_of_the_wrong_type_fail_without_retry() -> None:
     """A result that does not fit the declared type fails the node with E.NODE.RESULTS."""
-    host = EmbeddedHost(make_catalog(Probe()))
+    host = local_host(make_catalog(Probe()))
     async with host.running():
         run = await host.run(doc(node("r", "t.bad_result", retry={"maxAttempts": 3})))
     task = by_id(run)["r"]
@@ -334,7 +332,7 @@ async def test_results_of_the_wrong_type_fail_without_retry() -> None:
 
 async def test_parameters_bound_at_run_time_are_checked_at_dispatch() -> None:
     """A value delivered along an edge that does not fit fails with E.NODE.PARAMETERS."""
-    host = EmbeddedHost(make_catalog(Probe()))
+    host = local_host(make_catalog(Probe()))
     source = node("src", "t.crash", parameters={"zero": 1},
                   ui={"outputPorts": [{"key": "v", "binding": {"path": "/results/value"}}]})
     target = node("dst", "t.typed", ui={"inputPorts": [
@@ -352,7 +350,7 @@ async def test_parameters_bound_at_run_time_are_checked_at_dispatch() -> None:
 
 async def test_submitted_before_start_runs_once_started() -> None:
     """Runs submitted before the scheduler starts are dispatched when it does."""
-    host = EmbeddedHost(make_catalog(Probe()))
+    host = local_host(make_catalog(Probe()))
     run = host.submit(doc(node("t", "t.typed", parameters={"key": "k"})))
     async with host.running():
         await host.scheduler.wait_run(run.run_id)
@@ -367,7 +365,7 @@ async def test_a_cancelled_attempt_leaves_the_next_one_on_its_worker_alone(
 
     monkeypatch.setattr(nodehost.scheduler, "_monotonic", lambda: 0.0)  # no time slices
     probe = Probe()
-    host = EmbeddedHost(make_catalog(probe), limits=SchedulerLimits(parallelism=1))
+    host = local_host(make_catalog(probe), parallelism=1)
     with anyio.fail_after(5):
         async with host.running():
             run = await host.run(doc(node("hang", "t.forever", timeoutSeconds=0.02),
@@ -388,7 +386,7 @@ async def test_nodes_that_never_wait_still_let_other_tasks_run(
 
     clock = iter(range(1_000_000))
     monkeypatch.setattr(nodehost.scheduler, "_monotonic", lambda: next(clock) / 1000)  # 1 ms a read
-    host = EmbeddedHost(make_catalog(Probe()))
+    host = local_host(make_catalog(Probe()))
     n = 40
     chain = [node(f"n{i}", "t.typed") for i in range(n)]
     seen: set[int] = set()
@@ -405,8 +403,7 @@ async def test_nodes_that_never_wait_still_let_other_tasks_run(
 async def test_a_timed_out_attempt_gives_its_package_slot_back_once() -> None:
     """With a package limit of 1, the nodes queued behind a timed-out one run one by one."""
     probe = Probe()
-    limits = SchedulerLimits(parallelism=4, per_package={"t.sched": 1})
-    host = EmbeddedHost(make_catalog(probe), limits=limits)
+    host = local_host(make_catalog(probe), parallelism=4, per_package={"t.sched": 1})
     async with host.running():
         run = host.submit(doc(node("hang", "t.forever", timeoutSeconds=0.02),
                               node("b1", "t.block"), node("b2", "t.block")))
@@ -428,7 +425,7 @@ async def test_many_workers_together_let_other_tasks_run(
     import nodehost.scheduler
 
     monkeypatch.setattr(nodehost.scheduler, "_monotonic", lambda: 0.0)  # only the count
-    host = EmbeddedHost(make_catalog(Probe()), limits=SchedulerLimits(parallelism=32))
+    host = local_host(make_catalog(Probe()), parallelism=32)
     n = 1000
     fan = [node("root", "t.typed"), *(node(f"n{i}", "t.typed") for i in range(n))]
     seen: list[int] = []

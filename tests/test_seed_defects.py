@@ -24,9 +24,11 @@ from builders import (
     subgraph,
     workflow,
 )
+from nodehost.bus import EventBus
 from nodehost.engine import Engine
 from nodehost.errors import WorkflowInvalid
-from nodehost.events import Envelope, EventBus
+from nodehost.events import Envelope, NodeStateEvent, RunStatusEvent
+from nodehost.reports import Chunk, Partial, Progress
 
 C = "wf::c::s"
 
@@ -80,10 +82,10 @@ def test_nodes_inside_subgraphs_publishing_no_events() -> None:
     d = Driver()
     d.submit(workflow([container("c", "s")], [], [subgraph("s", [node("x")])]))
     attempt = d.attempt(f"{C}::x").dispatch_id
-    d.engine.report_progress(attempt, 0.5, None, None)
-    d.engine.report_chunk(attempt, "llm", "token", None, None, False, None)
+    d.report(attempt, Progress(0.5, None, None))
+    d.report(attempt, Chunk("llm", "token", None, None, False, None))
     d.run()
-    inner = {e.type for e in d.envelopes if e.data.get("taskId") == f"{C}::x"}
+    inner = {e.type for e in d.envelopes if getattr(e.data, "task_id", None) == f"{C}::x"}
     assert inner == {"node.state", "node.result.snapshot", "node.result.delta"}
     assert d.stages("c") == ["running", "succeeded"]
 
@@ -139,9 +141,9 @@ def test_the_whole_run_deep_copied_on_every_event(monkeypatch: pytest.MonkeyPatc
     copied.clear()
     attempt = d.attempt("n0").dispatch_id
     for i in range(100):
-        d.engine.report_progress(attempt, i / 100, None, None)
-        d.engine.report_chunk(attempt, "log", "line", None, None, False, None)
-        d.engine.report_partial(attempt, {"i": i})
+        d.report(attempt, Progress(i / 100, None, None))
+        d.report(attempt, Chunk("log", "line", None, None, False, None))
+        d.report(attempt, Partial({"i": i}))
     assert summaries == [] and copied == []
 
 
@@ -153,16 +155,17 @@ def test_events_published_out_of_order() -> None:
     def sink(envelope: Envelope) -> None:
         # published during the change it describes: what it says is the state right now
         run = engine.runs.get(envelope.scope.run_id)
-        if envelope.type == "node.state" and run is not None:
-            current = run.tasks[envelope.data["taskId"]].status
-            seen.append((int(envelope.id), current == envelope.data["status"]))
-        elif envelope.type == "run.status" and run is not None:
-            seen.append((int(envelope.id), run.status == envelope.data["status"]))
+        data = envelope.data
+        if isinstance(data, NodeStateEvent) and run is not None:
+            current = run.tasks[data.task_id].status
+            seen.append((int(envelope.id), current == data.status))
+        elif isinstance(data, RunStatusEvent) and run is not None:
+            seen.append((int(envelope.id), run.status == data.status))
         else:
             seen.append((int(envelope.id), True))
 
     d = Driver()
-    d.engine = engine = Engine(sink=sink, now=lambda: d.now)
+    d.engine = engine = Engine(compile=d.documents, sink=sink, now=lambda: d.now)
     d.on("b", Fail())
     doc = workflow([node("a"), node("b", retry={"maxAttempts": 2}), container("c", "s")],
                    [edge("a", "b")], [subgraph("s", [node("x"), node("y")], chain("x", "y"))])
@@ -179,9 +182,9 @@ def test_two_delta_counters_colliding() -> None:
     d.submit(workflow([node("a")]))
     attempt = d.attempt("a").dispatch_id
     for i in range(3):
-        d.engine.report_chunk(attempt, "log", str(i), None, None, False, None)
-        d.engine.report_partial(attempt, {"k": i})
-    sequences = [e.data["sequence"] for e in d.events("node.result.delta")]
+        d.report(attempt, Chunk("log", str(i), None, None, False, None))
+        d.report(attempt, Partial({"k": i}))
+    sequences = [e.data.sequence for e in d.events("node.result.delta")]
     assert sequences == [1, 2, 3, 4, 5, 6]
 
 
@@ -206,8 +209,8 @@ def test_phantom_nodes_created_by_late_or_unknown_results() -> None:
     d.fire(kind="timeout")
     tasks, events = dict(run.tasks), len(d.envelopes)
     for dispatch_id in (late, "1.999", "x"):
-        assert d.engine.complete(dispatch_id, {"phantom": True}) is False
-        assert d.engine.report_progress(dispatch_id, 0.1, None, None) is False
+        assert d.complete_attempt(dispatch_id, {"phantom": True}) is False
+        assert d.report(dispatch_id, Progress(0.1, None, None)) is False
     assert run.tasks == tasks and len(d.envelopes) == events
     assert d.engine.take_effects() == []
     d.complete("z")
@@ -221,8 +224,8 @@ def test_duplicate_results_releasing_dependents_twice() -> None:
                             [edge("a", "join"), edge("b", "join")]))
     a = d.attempt("a").dispatch_id
     assert d.complete("a")
-    assert d.engine.complete(a, {}) is False
-    assert d.engine.complete(a, {}) is False
+    assert d.complete_attempt(a, {}) is False
+    assert d.complete_attempt(a, {}) is False
     d.pump()
     assert "join" not in d.running_ids() and run.tasks["join"].status == "queued"
     d.complete("b")
@@ -262,7 +265,7 @@ def test_replay_leaking_other_sessions_events() -> None:
     """Replay leaking other sessions' events."""
     bus = EventBus()
     d = Driver()
-    d.engine = Engine(sink=bus.publish_nowait, now=lambda: d.now)
+    d.engine = Engine(compile=d.documents, sink=bus.publish_nowait, now=lambda: d.now)
     mine = d.submit(workflow([node("a")]), client_id="me")
     d.submit(workflow([node("a")]), client_id="someone-else")
     d.run()

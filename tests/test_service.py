@@ -18,7 +18,8 @@ import msgspec
 import pytest
 
 from http_support import TOKEN_A, catalog, daemon_config, reap, running_daemon, short_tmpdir
-from nodehost.config import Config, ConfigError, load_config
+from nodehost.config import Config, ConfigError
+from nodehost.configfile import load_config, read_tokens
 from nodehost.service import Daemon, StartError, bind_unix
 
 TOKENS = f"""
@@ -88,7 +89,7 @@ def test_token_files_and_duplicate_tokens(tmp_path: Path, monkeypatch: pytest.Mo
         tenant = "a"
         token_file = "a.token"
     """)
-    assert config.auth.read_tokens() == {TOKEN_A: "a"}
+    assert read_tokens(config.auth) == {TOKEN_A: "a"}
     twice = config_from(f"""
         [[auth.tokens]]
         tenant = "a"
@@ -98,14 +99,14 @@ def test_token_files_and_duplicate_tokens(tmp_path: Path, monkeypatch: pytest.Mo
         token = "{TOKEN_A}"
     """)
     with pytest.raises(ConfigError, match="the same token"):
-        twice.auth.read_tokens()
+        read_tokens(twice.auth)
     missing = config_from("""
         [[auth.tokens]]
         tenant = "a"
         token_file = "nope.token"
     """)
     with pytest.raises(ConfigError, match="cannot read token_file"):
-        missing.auth.read_tokens()
+        read_tokens(missing.auth)
 
 
 # --- the Unix socket ------------------------------------------------------------------------------
@@ -163,8 +164,7 @@ def test_unsafe_socket_locations_are_refused() -> None:
 async def test_tcp_requires_a_token_and_checks_the_host_header(anyio_backend: str) -> None:
     """On TCP: 401 without a token, 200 with one, 403 for a foreign Host; healthz is open."""
     with short_tmpdir() as d:
-        config = daemon_config(d, toml=TOKENS)
-        config.server.listen = "tcp://127.0.0.1:0"
+        config = daemon_config(d, toml=TOKENS, server={"listen": "tcp://127.0.0.1:0"})
         daemon = Daemon(config, catalog())
         daemon.open()
         assert daemon.address.startswith("tcp://127.0.0.1:")

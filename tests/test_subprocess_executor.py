@@ -8,13 +8,15 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
+import msgspec
 import pytest
 
 import subprocess_nodes
+from hosts import local_host
 from nodehost import Context, Package
-from nodehost.embedded import EmbeddedHost
 from nodehost.events import Envelope
 from nodehost.executors.subprocess import SubprocessExecutor
+from nodehost.host import Host
 from nodehost.plugins import Catalog
 from nodehost.runstate import Run
 
@@ -33,7 +35,7 @@ def doc(*nodes: dict[str, Any]) -> dict[str, Any]:
 
 
 class Harness:
-    def __init__(self, host: EmbeddedHost, executor: SubprocessExecutor) -> None:
+    def __init__(self, host: Host, executor: SubprocessExecutor) -> None:
         self.host = host
         self.executor = executor
         self.events: list[Envelope] = []
@@ -42,19 +44,22 @@ class Harness:
         return await self.host.run(doc(*nodes))
 
     def deltas(self, node_id: str) -> list[dict[str, Any]]:
-        return [e.data for e in self.events
-                if e.type == "node.result.delta" and e.data["nodeId"] == node_id]
+        """The node.result.delta events of a node, as on the wire."""
+        return [msgspec.to_builtins(e.data) for e in self.events
+                if e.type == "node.result.delta" and e.data.node_id == node_id]
 
 
 @pytest.fixture
 async def harness() -> AsyncIterator[Harness]:
     catalog = Catalog()
     catalog.add(subprocess_nodes.package)
-    executor = SubprocessExecutor(idle=1, memory_limit_mb=400, kill_grace=0.5)
     holder: list[Harness] = []
-    host = EmbeddedHost(catalog, executor_for=lambda spec: executor,
-                        on_event=lambda e: holder[0].events.append(e),
-                        closers=[executor.aclose])
+    host = local_host(catalog, executor="subprocess",
+                      observers=[lambda e: holder[0].events.append(e)],
+                      executors={"idle_workers": 1, "memory_limit_mb": 400,
+                                 "kill_grace_seconds": 0.5})
+    executor = host.executors["subprocess"]
+    assert isinstance(executor, SubprocessExecutor)
     holder.append(Harness(host, executor))
     async with host.running():
         yield holder[0]
@@ -86,7 +91,8 @@ async def test_results_and_reports_come_back_from_the_worker(harness: Harness) -
                 harness.deltas("e") if "chunkMeta" in d]
     assert ("log", "to the log") in channels
     assert ("stderr", "printed by the node\n") in channels
-    states = [e.data["state"] for e in harness.events if e.type == "node.state"]
+    states = [msgspec.to_builtins(e.data)["state"] for e in harness.events
+              if e.type == "node.state"]
     assert any(s.get("progress") == 0.5 and s.get("message") == "half" for s in states)
 
 
@@ -205,8 +211,7 @@ async def test_functions_that_cannot_be_imported_are_refused_clearly() -> None:
     catalog = Catalog()
     catalog.add(pkg)
     catalog.add(ghost)
-    executor = SubprocessExecutor()
-    host = EmbeddedHost(catalog, executor_for=lambda spec: executor, closers=[executor.aclose])
+    host = local_host(catalog, executor="subprocess")
     async with host.running():
         run = await host.run(doc(
             {"id": "l", "type": "t.local.x", "package": {"name": "t.local", "version": "1.0"}},

@@ -4,26 +4,29 @@
 see which run, idempotency, cursors, replay) live here, so they are the same whatever the
 transport. Every method is called on the event loop; the synchronous ones never wait.
 
-Acknowledgements wait for the `Store`: a run is answered 202 (and a cancel 202) only after
-`store.wait_durable()` returned, so the journal can be plugged in without touching `http`.
+Acknowledgements wait for the host's journal: a run is answered 202 (and a cancel 202) only
+after `store.wait_durable()` returned (a host without a journal acknowledges at once).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 import anyio
 import msgspec
 
 from . import __version__
 from .auth import Principal
-from .embedded import EmbeddedHost, prepare
-from .errors import WorkflowInvalid
-from .events import Envelope, Scope, Subscription
+from .bus import Subscription
+from .commands import CancelRun
+from .config import ApiConfig, Config, EventsConfig
+from .errors import WorkflowInvalid, rebuild
+from .events import Envelope, Scope, StreamResetEvent
+from .host import Host, build_host
 from .idempotency import (
     IdempotencyCache,
     IdempotencyConflict,
@@ -31,24 +34,24 @@ from .idempotency import (
     check_key,
 )
 from .model import RunRef, RunSummary
+from .plugins import Catalog
 from .runs_index import CursorError, Entry, RunsIndex
 from .runstate import Run, run_ref, run_summary
-from .validate import decode_document
+from .store.store import Store
+from .validate import decode_json
 
 __all__ = [
     "ApiError",
-    "ApiSettings",
     "DaemonApi",
     "ErrorBody",
     "EventStream",
     "Health",
     "IssueOut",
     "NodeTypeInfo",
-    "NullStore",
     "PackageInfo",
     "PackageList",
     "RunList",
-    "Store",
+    "daemon_host",
 ]
 
 log = logging.getLogger(__name__)
@@ -124,27 +127,9 @@ class ApiError(Exception):
         self.details = details
         self.headers = headers or {}
 
-
-class Store(Protocol):
-    """Where acknowledged state is kept; `wait_durable` returns once all of it is on disk."""
-
-    async def wait_durable(self) -> None: ...
-
-
-class NullStore:
-    """No durability yet: everything is acknowledged at once."""
-
-    async def wait_durable(self) -> None:
-        return None
-
-
-@dataclass(frozen=True, slots=True)
-class ApiSettings:
-    max_body_bytes: int = 32 * 1024 * 1024
-    heartbeat_seconds: float = 15.0
-    write_timeout_seconds: float = 30.0
-    idempotency_keys: int = 10_000
-    idempotency_ttl_seconds: float = 86_400.0
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (rebuild, (type(self), (self.status, self.error, self.message, self.details,
+                                       self.headers), {}))
 
 
 @dataclass(slots=True)
@@ -166,18 +151,16 @@ def not_found(run_id: str) -> ApiError:
 
 
 class DaemonApi:
-    """The daemon's API over one host. Construct it with the same `RunsIndex` the host's
-    `on_event` feeds (`EmbeddedHost(..., on_event=index.observe)`)."""
+    """The daemon's API over one host, with its `[api]` and `[events]` settings, listing
+    runs from `index` (see `daemon_host`)."""
 
-    def __init__(self, host: EmbeddedHost, *, index: RunsIndex, replay_buffer: int,
-                 store: Store | None = None, settings: ApiSettings | None = None) -> None:
+    def __init__(self, host: Host, *, index: RunsIndex) -> None:
         self.host = host
         self.index = index
-        self.store: Store = store or NullStore()
-        self.settings = settings or ApiSettings()
+        self.settings: ApiConfig = host.config.api
+        self.events: EventsConfig = host.config.events
         self.idempotency = IdempotencyCache(max_keys=self.settings.idempotency_keys,
                                             ttl=self.settings.idempotency_ttl_seconds)
-        self._replay_buffer = replay_buffer  # the bus's buffer size: what replay can reach
         self.admitting = True
         self.closing = False
         self._stopping: anyio.Event | None = None
@@ -236,7 +219,8 @@ class DaemonApi:
         if not self.admitting:
             raise ApiError(503, "shutting_down", "the daemon is shutting down; not admitting runs",
                            headers={"Retry-After": "5"})
-        if getattr(self.store, "full", False):
+        store = self.host.store
+        if store is not None and store.full:
             raise ApiError(507, "insufficient_storage",
                            "the disk holding the journal is full: new runs are refused until "
                            "there is space again; reads and running runs go on",
@@ -246,9 +230,8 @@ class DaemonApi:
             if problem is not None:
                 raise ApiError(400, "invalid_request", problem,
                                [IssueOut("Idempotency-Key", problem)])
-        limits = self.host.document_limits
-        try:
-            document = decode_document(body, dict, limits)
+        try:  # decoded once: the fingerprint and `prepare` both take the decoded body
+            document = decode_json(body, self.host.documents.limits)
         except WorkflowInvalid as exc:
             raise _invalid(exc) from None
         if not isinstance(document, dict):
@@ -267,10 +250,10 @@ class DaemonApi:
                 raise ApiError(409, "idempotency_conflict", str(exc)) from None
             if earlier is not None:
                 entry = self._entry(principal, earlier)
-                await self.store.wait_durable()
+                await self._durable()
                 return run_ref(entry.run), True
         try:
-            prepared = prepare(document, self.host.catalog, limits)
+            prepared = self.host.prepare(document)
         except WorkflowInvalid as exc:
             raise _invalid(exc) from None
         meta = None
@@ -280,8 +263,13 @@ class DaemonApi:
         self.index.add(run, run.document)
         if idempotency_key is not None:
             self.idempotency.remember(tenant, idempotency_key, fingerprint, run.run_id)
-        await self.store.wait_durable()
+        await self._durable()
         return run_ref(run), False
+
+    async def _durable(self) -> None:
+        """Wait until what the host recorded so far is on disk."""
+        if self.host.store is not None:
+            await self.host.store.wait_durable()
 
     def list_runs(self, principal: Principal, *, limit: int = DEFAULT_LIMIT,
                   cursor: str | None = None, status: str | None = None,
@@ -315,20 +303,21 @@ class DaemonApi:
         tasks = run.root.tasks
         nodes = []
         for node in workflow.get("nodes") or []:
-            task = tasks.get(node.get("id")) if isinstance(node, dict) else None
+            node_id = node.get("id") if isinstance(node, dict) else None
+            task = tasks.get(node_id) if isinstance(node_id, str) else None
             if task is not None:
                 node = {**node, "state": task.state_view()}
             nodes.append(node)
         workflow["nodes"] = nodes
-        etag = f'"{run.definition_hash}.{self.index.last_event_id(run_id)}"'
+        etag = f'"{run.definition_hash}.{run.last_event}"'
         return workflow, etag
 
     async def cancel_run(self, principal: Principal, run_id: str) -> RunRef:
         run = self._entry(principal, run_id).run
         if run.final:
             raise ApiError(409, "run_finished", f"run {run_id} has already ended: {run.status}")
-        self.host.scheduler.cancel(run_id, "cancelled by request")
-        await self.store.wait_durable()
+        self.host.apply(CancelRun(run_id=run_id, reason="cancelled by request"))
+        await self._durable()
         return run_ref(run)
 
     # --- packages ------------------------------------------------------------------------------
@@ -368,7 +357,7 @@ class DaemonApi:
         reset = None
         after = last_event_id
         if last_event_id is not None:
-            oldest = current - min(bus.published, self._replay_buffer) + 1
+            oldest = current - min(bus.published, bus.capacity) + 1
             if last_event_id + 1 < oldest or last_event_id > current:
                 after = oldest - 1 if last_event_id < oldest else current
                 reset = Envelope(
@@ -378,13 +367,12 @@ class DaemonApi:
                     occurred_at=datetime.now(UTC),
                     scope=Scope(tenant=tenant, run_id=run_id,
                                 client_session_id=client_session_id),
-                    data={
-                        "kind": "stream.reset",
-                        "lastEventId": str(last_event_id),
-                        "resumeAfter": str(after),
-                        "reason": "events after the given id are no longer buffered"
+                    data=StreamResetEvent(
+                        last_event_id=str(last_event_id),
+                        resume_after=str(after),
+                        reason="events after the given id are no longer buffered"
                         if last_event_id < oldest else "the given id is newer than any event",
-                    },
+                    ),
                 )
         subscription = bus.subscribe(accept, after=after)
         return EventStream(subscription, reset)
@@ -393,3 +381,12 @@ class DaemonApi:
         self.host.bus.unsubscribe(stream.subscription)
         stream.subscription.receive.close()
 
+
+def daemon_host(config: Config, catalog: Catalog, journal: Store, *,
+                observers: Iterable[Callable[[Envelope], None]] = ()
+                ) -> tuple[Host, DaemonApi]:
+    """The host `nodehost serve` runs, journaled in `journal` (opened), and its API (the
+    runs index, `observers` seeing every event). The benchmarks compose with this."""
+    index = RunsIndex()
+    host = build_host(config, catalog, store=journal, observers=observers)
+    return host, DaemonApi(host, index=index)

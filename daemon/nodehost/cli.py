@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 from contextlib import nullcontext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import click
@@ -22,16 +22,21 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import __version__, collector
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError
+from .configfile import load_config
 from .console import RunView, print_summary
-from .embedded import EmbeddedHost, Prepared, prepare
+from .documents import Documents, Prepared
 from .errors import PluginLoadError, WorkflowInvalid
 from .events import Envelope
 from .graph import Graph
+from .host import Host, build_host
 from .model import RunOptions
 from .plugins import Catalog, PluginHost
 from .runstate import Run, run_summary
 from .store.store import StoreFailed
+
+if TYPE_CHECKING:
+    from .client import Client
 
 __all__ = ["main"]
 
@@ -84,10 +89,10 @@ def _read(path: str) -> bytes:
         raise _Fail(f"cannot read {path}: {exc.strerror}") from None
 
 
-def _load(path: str, config: Config, catalog: Catalog) -> Prepared:
+def _load(path: str, documents: Documents) -> Prepared:
     """Decode and compile a document, or exit 2 listing every problem with its path."""
     try:
-        return prepare(_read(path), catalog, config.documents.limits())
+        return documents.prepare(_read(path))
     except WorkflowInvalid as exc:
         lines = "\n".join(f"  {issue.path}: {issue.message}" for issue in exc.issues)
         raise _Fail(f"{path} is not a valid workflow ({len(exc.issues)} problem(s)):\n{lines}") \
@@ -114,7 +119,7 @@ def validate(workflow: str, config_path: str | None, output: str) -> None:
     err = Console(stderr=True)
     catalog = _catalog(config, err)
     try:
-        prepared = _load(workflow, config, catalog)
+        prepared = _load(workflow, Documents(catalog, config.documents))
     except _Fail as exc:
         if output != "json":
             raise
@@ -156,7 +161,14 @@ def run(workflow: str, config_path: str | None, output: str, fail_fast: bool,
     config = _config(config_path)
     err = Console(stderr=True)
     catalog = _catalog(config, err)
-    prepared = _load(workflow, config, catalog)
+    views: list[RunView] = []  # the live view, once there is one, sees every event
+
+    def on_event(envelope: Envelope) -> None:
+        for view in views:
+            view.feed(envelope)
+
+    host = build_host(config, catalog, observers=[on_event])
+    prepared = _load(workflow, host.documents)
     collector.tune_for_daemon()
     if fail_fast:
         request = msgspec.structs.replace(prepared.request, options=RunOptions(fail_fast=True))
@@ -170,7 +182,7 @@ def run(workflow: str, config_path: str | None, output: str, fail_fast: bool,
         screen = Console(stderr=to_stderr, highlight=False, soft_wrap=True,
                          force_terminal=progress == "live" or None)
         show = progress != "none"
-    run = anyio.run(_run, config, catalog, prepared, screen if show else None)
+    run = anyio.run(_run, host, prepared, screen if show else None, views)
     if output != "json" and not show:
         screen = Console(highlight=False, soft_wrap=True)
     summary = msgspec.to_builtins(run_summary(run))
@@ -181,15 +193,11 @@ def run(workflow: str, config_path: str | None, output: str, fail_fast: bool,
     sys.exit({"succeeded": EXIT_OK, "cancelled": EXIT_CANCELLED}.get(run.status, EXIT_FAILED))
 
 
-async def _run(config: Config, catalog: Catalog, prepared: Prepared,
-               screen: Console | None) -> Run:
+async def _run(host: Host, prepared: Prepared, screen: Console | None,
+               views: list[RunView]) -> Run:
     view = RunView(screen, total=_count_tasks(prepared.graph)) if screen is not None else None
-
-    def on_event(envelope: Envelope) -> None:
-        if view is not None:
-            view.feed(envelope)
-
-    host = EmbeddedHost.from_config(catalog, config, on_event=on_event)
+    if view is not None:
+        views.append(view)
     with view if view is not None else nullcontext():
         async with host.running(), anyio.create_task_group() as tg:
             run = host.submit(prepared)
@@ -199,7 +207,7 @@ async def _run(config: Config, catalog: Catalog, prepared: Prepared,
     return run
 
 
-async def _cancel_on_signal(host: EmbeddedHost, run_id: str) -> None:
+async def _cancel_on_signal(host: Host, run_id: str) -> None:
     """First Ctrl-C / SIGTERM cancels the run (and it is reported); a second one aborts."""
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
@@ -475,7 +483,7 @@ def runs_list(config_path: str | None, url: str | None, output: str, status: str
 def runs_show(run_id: str, config_path: str | None, url: str | None, output: str) -> None:
     """Show RUN and its nodes."""
 
-    async def call(client: Any) -> dict[str, Any]:
+    async def call(client: Client) -> dict[str, Any]:
         return (await client.get_run(run_id))[0]
 
     summary = _with_client(config_path, url, call)
@@ -494,7 +502,7 @@ def runs_show(run_id: str, config_path: str | None, url: str | None, output: str
 def runs_cancel(run_id: str, config_path: str | None, url: str | None, output: str) -> None:
     """Cancel RUN (exit 2 if it has already ended)."""
 
-    async def call(client: Any) -> dict[str, Any]:
+    async def call(client: Client) -> dict[str, Any]:
         return await client.cancel(run_id)
 
     ref = _with_client(config_path, url, call)

@@ -21,7 +21,8 @@ import httpx
 import msgspec
 
 from .config import Config, ConfigError, parse_listen
-from .events import Envelope, Scope
+from .errors import rebuild
+from .events import Envelope, NodeState, NodeStateEvent, RunStatusEvent, Scope
 
 __all__ = [
     "ApiFailure",
@@ -56,6 +57,10 @@ class ApiFailure(ClientError):
         self.request_id = request_id
         self.details = details or []
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (rebuild, (type(self), (self.status, self.error, self.message, self.request_id,
+                                       self.details), {}))
+
 
 class Unreachable(ClientError):
     """No answer from the daemon at `target`."""
@@ -64,6 +69,10 @@ class Unreachable(ClientError):
         super().__init__(f"cannot reach the daemon at {target}: {reason} "
                          "(is `nodehost serve` running? see --url)")
         self.target = target
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (rebuild, (type(self), (self.target, self.reason), {}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,12 +176,17 @@ class Client:
             raise _failure(response)
         return response
 
+    async def _json(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
+        """The answer's JSON object (every endpoint that answers JSON answers an object)."""
+        body: dict[str, Any] = (await self._call(method, path, **kw)).json()
+        return body
+
     async def submit(self, document: bytes, *, idempotency_key: str | None = None
                      ) -> dict[str, Any]:
         headers = {"Content-Type": "application/json"}
         if idempotency_key:
             headers["Idempotency-Key"] = idempotency_key
-        return (await self._call("POST", "/runs", content=document, headers=headers)).json()
+        return await self._json("POST", "/runs", content=document, headers=headers)
 
     async def list_runs(self, *, limit: int = 50, cursor: str | None = None,
                         status: str | None = None, client_id: str | None = None
@@ -181,7 +195,7 @@ class Client:
         for key, value in (("cursor", cursor), ("status", status), ("clientId", client_id)):
             if value is not None:
                 params[key] = value
-        return (await self._call("GET", "/runs", params=params)).json()
+        return await self._json("GET", "/runs", params=params)
 
     async def get_run(self, run_id: str) -> tuple[dict[str, Any], int]:
         """The run, and the event id it is current as of."""
@@ -189,10 +203,10 @@ class Client:
         return response.json(), int(response.headers.get("x-last-event-id", "0"))
 
     async def definition(self, run_id: str) -> dict[str, Any]:
-        return (await self._call("GET", f"/runs/{_quote(run_id)}/definition")).json()
+        return await self._json("GET", f"/runs/{_quote(run_id)}/definition")
 
     async def cancel(self, run_id: str) -> dict[str, Any]:
-        return (await self._call("POST", f"/runs/{_quote(run_id)}/cancel")).json()
+        return await self._json("POST", f"/runs/{_quote(run_id)}/cancel")
 
     async def events(self, *, run_id: str | None = None, last_event_id: int | None = None
                      ) -> AsyncIterator[SseEvent]:
@@ -283,9 +297,13 @@ async def watch_run(
                     if summary.get("status") in FINAL:
                         break
                     continue
-                envelope = _decode_envelope(event.data)
+                try:
+                    envelope = _decode_envelope(event.data)
+                except msgspec.ValidationError:
+                    continue  # an event type of a newer daemon: nothing this client shows
                 feed(envelope)
-                if envelope.type == "run.status" and envelope.data.get("status") in FINAL:
+                data = envelope.data
+                if isinstance(data, RunStatusEvent) and data.status in FINAL:
                     break
             summary, _ = await client.get_run(run_id)
             if summary.get("status") in FINAL:
@@ -307,12 +325,15 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 def _seed(summary: dict[str, Any], feed: Callable[[Envelope], None]) -> None:
     """Show the state a run summary holds, as node.state envelopes."""
-    scope = Scope(tenant="-", run_id=summary.get("runId"))
+    run_id = str(summary.get("runId"))
+    scope = Scope(tenant="-", run_id=run_id)
     for node in summary.get("nodes") or []:
-        data = {
-            "kind": "node.state", "runId": summary.get("runId"), "nodeId": node.get("nodeId"),
-            "taskId": node.get("taskId"), "status": node.get("status"),
-            "state": node.get("state") or {},
-        }
+        state = {"stage": node.get("status"), "lastUpdatedAt": _EPOCH,
+                 **(node.get("state") or {})}
+        data = NodeStateEvent(
+            run_id=run_id, node_id=node["nodeId"], task_id=node["taskId"],
+            status=node["status"], attempt=(node.get("metadata") or {}).get("attempt", 0),
+            state=msgspec.convert(state, NodeState, strict=False),
+        )
         feed(Envelope(version="v1", id="0", type="node.state", occurred_at=_EPOCH, scope=scope,
                       data=data))

@@ -1,7 +1,10 @@
-"""The daemon's configuration: config.toml decoded into msgspec Structs (tier 5).
+"""The daemon's configuration as msgspec Structs: one section per component (tier 1, no I/O).
 
-Every key has a default, so an empty file (or none) is a valid configuration. Unknown keys
-are refused with their full name (`$.scheduler.paralelism`): a typo must not be ignored.
+Every key has a default, written here and nowhere else: each component takes its section
+(`Scheduler(engine, config.scheduler)`, `EventBus(config.events)`, ...), so a component built
+without a config has exactly the defaults config.toml documents. Unknown keys are refused
+with their full name (`$.scheduler.paralelism`): a typo must not be ignored. Sections are
+frozen; a reload builds a new Config. Reading the file is `configfile.load_config`.
 """
 
 from __future__ import annotations
@@ -9,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
@@ -17,57 +19,69 @@ import msgspec
 from msgspec import Meta
 
 from .errors import NodehostError
-from .scheduler import SchedulerLimits
-from .validate import Limits
 
-__all__ = ["Config", "ConfigError", "Listen", "load_config", "parse_listen"]
+__all__ = [
+    "TOKEN_PATTERN",
+    "ApiConfig",
+    "AuthConfig",
+    "ClientConfig",
+    "Config",
+    "ConfigError",
+    "DocumentsConfig",
+    "EventsConfig",
+    "ExecutorsConfig",
+    "JournalConfig",
+    "Listen",
+    "PluginsConfig",
+    "RetentionConfig",
+    "SchedulerConfig",
+    "ServerConfig",
+    "TokenConfig",
+    "parse_listen",
+]
 
 Positive = Annotated[int, Meta(ge=1)]
 PositiveSeconds = Annotated[float, Meta(gt=0, le=86_400)]
 Tenant = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
+TOKEN_PATTERN = re.compile(r"^[\x21-\x7e]+$")  # a bearer token: printable ASCII, no spaces
 
 
-class _Section(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
+class _Section(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True,
+               frozen=True):
     pass
 
 
-class SchedulerConfig(_Section):
+class SchedulerConfig(_Section, frozen=True):
+    """How many attempts may run at once: in all, per package (by name), per package default."""
+
     parallelism: Annotated[int, Meta(ge=1, le=10_000)] = 32
     per_package: dict[str, Positive] = {}
     default_per_package: Positive | None = None
 
-    def limits(self) -> SchedulerLimits:
-        return SchedulerLimits(
-            parallelism=self.parallelism,
-            per_package=dict(self.per_package),
-            default_per_package=self.default_per_package,
-        )
+    def for_package(self, name: str) -> int | None:
+        return self.per_package.get(name, self.default_per_package)
 
 
-class PluginsConfig(_Section):
+class PluginsConfig(_Section, frozen=True):
     allow: list[str] | None = None
     deny: list[str] = []
 
 
-class DocumentsConfig(_Section):
+class DocumentsConfig(_Section, frozen=True):
+    """What a workflow document may be (`validate.Limits` is this section)."""
+
     max_document_bytes: Positive = 16 * 1024 * 1024
-    max_nodes: Positive = 200_000
-    max_depth: Annotated[int, Meta(ge=1, le=64)] = 16
-
-    def limits(self) -> Limits:
-        return Limits(
-            max_document_bytes=self.max_document_bytes,
-            max_nodes=self.max_nodes,
-            max_depth=self.max_depth,
-        )
+    max_nodes: Positive = 200_000  # all nodes at every depth, counted once per container use
+    max_depth: Annotated[int, Meta(ge=1, le=64)] = 16  # container nesting
 
 
-class ExecutorsConfig(_Section):
+class ExecutorsConfig(_Section, frozen=True):
     default: Literal["inprocess", "subprocess"] = "subprocess"
     inprocess: list[str] = msgspec.field(default_factory=lambda: ["nodehost.std"])
     subprocess: list[str] = []
     idle_workers: Annotated[int, Meta(ge=0, le=64)] = 2
     memory_limit_mb: Positive | None = None
+    kill_grace_seconds: Annotated[float, Meta(ge=0, le=600)] = 1.0
 
     def kind_for(self, package: str) -> Literal["inprocess", "subprocess"]:
         if package in self.subprocess:
@@ -128,7 +142,7 @@ def _default_state_dir() -> str:
     return os.path.join(base, "nodehost")
 
 
-class ServerConfig(_Section):
+class ServerConfig(_Section, frozen=True):
     listen: str = "unix:"
     runtime_dir: str | None = None
     state_dir: str | None = None
@@ -153,20 +167,20 @@ class ServerConfig(_Section):
         return parse_listen(self.listen, self.runtime_path())
 
 
-class ApiConfig(_Section):
+class ApiConfig(_Section, frozen=True):
     max_body_bytes: Positive = 32 * 1024 * 1024
     idempotency_keys: Positive = 10_000
     idempotency_ttl_seconds: PositiveSeconds = 86_400.0
 
 
-class EventsConfig(_Section):
+class EventsConfig(_Section, frozen=True):
     heartbeat_seconds: PositiveSeconds = 15.0
     replay_buffer: Annotated[int, Meta(ge=1, le=10_000_000)] = 10_000
     subscriber_buffer: Annotated[int, Meta(ge=1, le=1_000_000)] = 1_000
     write_timeout_seconds: PositiveSeconds = 30.0
 
 
-class TokenConfig(_Section):
+class TokenConfig(_Section, frozen=True):
     tenant: Tenant
     token: Annotated[str, Meta(min_length=16)] | None = None
     token_file: str | None = None
@@ -174,66 +188,34 @@ class TokenConfig(_Section):
     def __post_init__(self) -> None:
         if (self.token is None) == (self.token_file is None):
             raise ValueError("give exactly one of `token` and `token_file`")
-        if self.token is not None and not _TOKEN.match(self.token):
+        if self.token is not None and not TOKEN_PATTERN.match(self.token):
             raise ValueError("a token is printable ASCII without spaces")
 
-    def read(self) -> str:
-        """The token (from `token_file`: relative to $CREDENTIALS_DIRECTORY when set)."""
-        if self.token is not None:
-            return self.token
-        assert self.token_file is not None
-        path = self.token_file
-        if not os.path.isabs(path) and os.environ.get("CREDENTIALS_DIRECTORY"):
-            path = os.path.join(os.environ["CREDENTIALS_DIRECTORY"], path)
-        try:
-            token = Path(path).read_text().strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"tenant {self.tenant}: cannot read token_file {path!r}: "
-                              f"{getattr(exc, 'strerror', None) or exc}") from None
-        if len(token) < 16 or not _TOKEN.match(token):
-            raise ConfigError(f"tenant {self.tenant}: the token in {path!r} must be at least 16 "
-                              "printable ASCII characters without spaces")
-        return token
 
-
-_TOKEN = re.compile(r"^[\x21-\x7e]+$")
-
-
-class AuthConfig(_Section):
+class AuthConfig(_Section, frozen=True):
     require_token_on_socket: bool = False
     tokens: list[TokenConfig] = []
 
-    def read_tokens(self) -> dict[str, str]:
-        """token -> tenant; a token given twice is an error."""
-        out: dict[str, str] = {}
-        for entry in self.tokens:
-            token = entry.read()
-            if token in out:
-                raise ConfigError(f"the same token is configured for tenants {out[token]!r} "
-                                  f"and {entry.tenant!r}")
-            out[token] = entry.tenant
-        return out
 
-
-class ClientConfig(_Section):
+class ClientConfig(_Section, frozen=True):
     url: str | None = None
     token_file: str | None = None
 
 
-class JournalConfig(_Section):
+class JournalConfig(_Section, frozen=True):
     fsync: Literal["always", "batch"] = "batch"
     batch_interval_ms: Annotated[float, Meta(ge=0, le=1_000)] = 2.0
     segment_mb: Annotated[int, Meta(ge=1, le=4_096)] = 64
     snapshot_every_records: Annotated[int, Meta(ge=100)] = 200_000
 
 
-class RetentionConfig(_Section):
+class RetentionConfig(_Section, frozen=True):
     max_age_days: Annotated[float, Meta(gt=0)] | None = 30.0
     max_runs: Positive | None = 10_000
     check_interval_seconds: PositiveSeconds = 60.0
 
 
-class Config(_Section):
+class Config(_Section, frozen=True):
     scheduler: SchedulerConfig = msgspec.field(default_factory=SchedulerConfig)
     executors: ExecutorsConfig = msgspec.field(default_factory=ExecutorsConfig)
     plugins: PluginsConfig = msgspec.field(default_factory=PluginsConfig)
@@ -249,21 +231,3 @@ class Config(_Section):
 
 class ConfigError(NodehostError):
     """The configuration file cannot be read or does not fit."""
-
-
-def load_config(path: str | os.PathLike[str] | None = None) -> Config:
-    """Read a config file; None (and no NODEHOST_CONFIG) gives the defaults."""
-    if path is None:
-        path = os.environ.get("NODEHOST_CONFIG") or None
-    if path is None:
-        return Config()
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {os.fspath(path)!r}: {exc.strerror}") from None
-    try:
-        return msgspec.toml.decode(data, type=Config)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(f"{os.fspath(path)}: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise ConfigError(f"{os.fspath(path)}: not valid TOML: {exc}") from None

@@ -12,7 +12,6 @@ import time
 from datetime import datetime
 from typing import Any
 
-import msgspec
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
@@ -26,7 +25,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from .events import Envelope
+from .events import Envelope, NodeResultDeltaEvent, NodeStateEvent
 
 __all__ = ["RunView", "print_summary"]
 
@@ -76,19 +75,16 @@ class RunView:
     # --- envelopes ---------------------------------------------------------------------------
 
     def feed(self, envelope: Envelope) -> None:
-        kind = envelope.type
-        data = envelope.data
-        if kind == "node.state":
-            self._node_state(data)
-        elif kind == "node.result.delta" and self.show_logs:
-            self._delta(data)
+        match envelope.data:
+            case NodeStateEvent() as event:
+                self._node_state(event)
+            case NodeResultDeltaEvent() as event if self.show_logs:
+                self._delta(event)
 
-    def _node_state(self, data: dict[str, Any]) -> None:
-        task_id = data.get("taskId") or data["nodeId"]
-        status = data.get("status", "")
-        state = data.get("state") or {}
-        if "error" in state:  # in-process envelopes hold Structs; on the wire they are JSON
-            state = msgspec.to_builtins(state)
+    def _node_state(self, event: NodeStateEvent) -> None:
+        task_id = event.task_id or event.node_id
+        status = event.status
+        state = event.state
         before = self._status.get(task_id)
         self._status[task_id] = status
         if status in _FINAL and before not in _FINAL:
@@ -97,8 +93,8 @@ class RunView:
         elif before in _FINAL and status not in _FINAL:  # a container loop restarted it
             self.done -= 1
             self.counts[before] -= 1
-        message = state.get("message") or ""
-        error = (state.get("error") or {}).get("message")
+        message = state.message or ""
+        error = state.error.message if state.error is not None else None
         if self._progress is None:
             if status != before or error:
                 detail = message if status == "queued" else error or message
@@ -114,7 +110,7 @@ class RunView:
                             description=self._overall_text())
         row = self._rows.get(task_id)
         if status == "running":
-            fraction = state.get("progress")
+            fraction = state.progress
             text = f"{escape(task_id)} [dim]{escape(message)}[/]" if message else escape(task_id)
             if row is None:
                 row = self._rows[task_id] = progress.add_task(text, total=None)
@@ -132,14 +128,13 @@ class RunView:
         text = f"[bold]{self.done}/{self.total} nodes[/]"
         return text + (f" [red]{failed} failed[/]" if failed else "")
 
-    def _delta(self, data: dict[str, Any]) -> None:
-        meta = data.get("chunkMeta") or {}
-        channel = meta.get("channel")
-        payload = data.get("payload") or {}
-        text = payload.get("text")
-        if channel is None or text is None:
+    def _delta(self, event: NodeResultDeltaEvent) -> None:
+        meta = event.chunk_meta
+        text = (event.payload or {}).get("text")
+        if meta is None or not isinstance(text, str):
             return
-        task_id = data.get("taskId") or data["nodeId"]
+        channel = meta.channel
+        task_id = event.task_id or event.node_id
         for line in text.rstrip("\n").splitlines() or [""]:
             self.console.print(f"[dim]{escape(task_id)} {escape(channel)} |[/] {escape(line)}",
                                highlight=False)

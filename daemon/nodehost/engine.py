@@ -1,19 +1,27 @@
 """The run state machine: synchronous transitions, no I/O, no awaiting (tier 3).
 
-Every method is a plain call that changes state, emits the envelopes of that change (in the
-order of the change, numbered from one sequence) and leaves *effects* for the scheduler:
-`Ready` (a node may be dispatched), `Cancel` (stop a running attempt), `Timer` (call
-`fire_timer` after a delay). Results and reports carry a dispatch id; anything for an attempt
-that is no longer current is ignored (fenced), so duplicates and late arrivals change nothing.
+Its inputs are commands (`commands.Command`), applied by `apply()`, the one entry for live
+calls and for the replay of a journal alike. Each accepted command changes state, emits
+the events of that change (in the order of the change, numbered from one sequence) and
+leaves *effects* for the scheduler: `Ready` (a node may be dispatched), `Cancel` (stop a
+running attempt), `Timer` (apply its `FireTimer` after a delay), `RunFinished`.
+
+A live command (unstamped) is stamped with the engine's clock and event sequence, and once
+accepted handed to the recorder (the journal), stamped: the engine is deterministic given
+its commands, so they are enough to rebuild every run exactly, event ids and dispatch ids
+included. A stamped command is history (a replay): applied at its stamp, never recorded,
+and it leaves no effects; `resume()` works out what is left to do once the history is in.
+
+Results and reports carry a dispatch id; anything for an attempt that is no longer current
+is not accepted (fenced), so duplicates and late arrivals change nothing.
 """
 
 from __future__ import annotations
 
 import random
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
@@ -25,17 +33,55 @@ from .bindings import (
     parse_path,
     set_value,
 )
-from .errors import Code
-from .events import Envelope, Scope
+from .commands import (
+    CancelRun,
+    Command,
+    Complete,
+    Dispatch,
+    Fail,
+    FireTimer,
+    Forget,
+    Interrupt,
+    Report,
+    Submit,
+)
+from .documents import Compiled
+from .errors import Code, WorkflowInvalid
+from .events import (
+    ChunkMeta,
+    Envelope,
+    Event,
+    NodeResultDeltaEvent,
+    NodeResultSnapshotEvent,
+    NodeState,
+    NodeStateEvent,
+    RunSnapshotEvent,
+    RunStatusEvent,
+    Scope,
+)
 from .graph import DataBinding, Graph
-from .model import ErrorInfo, RunOptions, Workflow
-from .node_api import NodeSpec
+from .model import ErrorInfo, NodeStatus
+from .reports import Artifact, Chunk, Metric, Partial, Progress
 from .runstate import NO_METRICS, Frame, Run, Task, node_summary, run_summary
 
-__all__ = ["Cancel", "Dispatch", "Engine", "Ready", "RunFinished", "Timer"]
+if TYPE_CHECKING:
+    from .node_api import NodeSpec
+
+__all__ = [
+    "Attempt",
+    "Cancel",
+    "Compile",
+    "Effect",
+    "Engine",
+    "Ready",
+    "Recorder",
+    "RunFinished",
+    "Timer",
+    "utc_now",
+]
 
 
-# Effects and dispatches are made for every attempt: msgspec Structs, whose __init__ runs in C
+# Effects and attempts are made for every attempt: msgspec Structs, whose __init__ runs in C
 # (a frozen dataclass sets each field through object.__setattr__). gc=False: nothing they
 # refer to refers back to them.
 class Ready(msgspec.Struct, frozen=True, gc=False):
@@ -52,6 +98,12 @@ class Timer(msgspec.Struct, frozen=True, gc=False):
     task: Task
     fence: int  # the task's attempt when the timer was set
 
+    def command(self) -> FireTimer:
+        """What to apply when the delay is over."""
+        task = self.task
+        return FireTimer(run_id=task.run.run_id, task_id=task.task_id, kind=self.kind,
+                         fence=self.fence)
+
 
 class RunFinished(msgspec.Struct, frozen=True, gc=False):
     run: Run
@@ -60,7 +112,7 @@ class RunFinished(msgspec.Struct, frozen=True, gc=False):
 Effect = Ready | Cancel | Timer | RunFinished
 
 
-class Dispatch(msgspec.Struct, frozen=True, gc=False):
+class Attempt(msgspec.Struct, frozen=True, gc=False):
     """One attempt of one node, handed to an executor."""
 
     run_id: str
@@ -73,6 +125,12 @@ class Dispatch(msgspec.Struct, frozen=True, gc=False):
     timeout: float | None
 
 
+# Turns a Submit into its compiled workflow; WorkflowInvalid if it cannot be run.
+Compile = Callable[[Submit], Compiled]
+# Receives every accepted live command, stamped (the journal's append).
+Recorder = Callable[[Command], object]
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -82,6 +140,7 @@ _mp_decode = msgspec.msgpack.Decoder().decode
 
 
 _ATOMS = (str, int, float, bool, type(None))
+_EMPTY: dict[str, Any] = {}
 
 
 def _copy(value: Any) -> Any:
@@ -151,11 +210,17 @@ def _escape(key: str) -> str:
 
 
 class Engine:
-    """All runs of one host. Not thread-safe: call it from the event loop only."""
+    """All runs of one host. Not thread-safe: call it from the event loop only.
+
+    `compile` turns a Submit's document into a graph (a `documents.Documents`); `recorder`
+    receives every accepted live command, stamped (the journal's `append`); `sink` every
+    event envelope (the bus)."""
 
     def __init__(
         self,
         *,
+        compile: Compile,
+        recorder: Recorder | None = None,
         sink: Callable[[Envelope], None] | None = None,
         now: Callable[[], datetime] = utc_now,
         rng: random.Random | None = None,
@@ -166,6 +231,8 @@ class Engine:
         # events numbered up to this are counted but not built (set by a replay for what is
         # older than any buffer could hold; 0 = build every event)
         self.quiet_until = 0
+        self.recorder = recorder
+        self._compile = compile
         self._sink = sink or (lambda envelope: None)
         self._now = now
         self._rng = rng or random.Random()
@@ -175,6 +242,43 @@ class Engine:
         self._ts: datetime = now()
         self._scope_run: Run | None = None  # the run whose Scope is `_scope`
         self._scope: Scope | None = None
+        self._apply: dict[type[Any], Callable[[Any], bool]] = {
+            Submit: self._submit, Dispatch: self._dispatch, Complete: self._complete,
+            Fail: self._fail, Report: self._report, Interrupt: self._interrupt,
+            FireTimer: self._fire_timer, CancelRun: self._cancel_run, Forget: self._forget,
+        }
+
+    # --- the one entry -------------------------------------------------------------------------
+
+    def apply(self, command: Command) -> bool:
+        """Apply one command; False (and no change) if it is not accepted: stale, unknown
+        or no longer possible. See the module docstring for live and stamped commands."""
+        if command.ts is None:
+            command.ts = self._ts = self._now()
+            command.seq = self.event_seq
+            accepted = self._apply[type(command)](command)
+            if accepted and self.recorder is not None:
+                self.recorder(command)
+            return accepted
+        self._ts = command.ts
+        self.event_seq = command.seq
+        accepted = self._apply[type(command)](command)
+        self._effects.clear()  # history: what it asked for has happened since
+        return accepted
+
+    def dispatch(self, task: Task) -> Attempt | None:
+        """Apply a Dispatch of a ready task; the attempt to hand to an executor, or None if
+        the task is no longer ready (cancelled, its run ended...)."""
+        if not self.apply(Dispatch(run_id=task.run.run_id, task_id=task.task_id)):
+            return None
+        spec = task.g.spec
+        assert spec is not None and task.dispatch_id is not None
+        return Attempt(
+            run_id=task.run.run_id, task_id=task.task_id, node_id=task.node_id,
+            dispatch_id=task.dispatch_id, attempt=task.attempt, spec=spec,
+            # a copy: a node that changes its parameters must not change the next attempt's
+            parameters=_copy(task.parameters), timeout=task.g.timeout,
+        )
 
     # --- effects -------------------------------------------------------------------------------
 
@@ -194,12 +298,14 @@ class Engine:
 
     # --- envelopes -----------------------------------------------------------------------------
 
-    def _emit(self, run: Run, type: str, data: dict[str, Any]) -> None:
+    def _emit(self, run: Run, type: str, data: Event) -> None:
         self.event_seq += 1
+        run.last_event = self.event_seq
         if run is not self._scope_run:  # a run's scope never changes: envelopes share it
             self._scope = Scope(tenant=run.tenant, run_id=run.run_id,
                                 client_session_id=run.client_id)
             self._scope_run = run
+        assert self._scope is not None
         self._sink(Envelope(
             version="v1",
             id=str(self.event_seq),
@@ -220,119 +326,99 @@ class Engine:
     def _emit_run_status(self, run: Run, reason: str | None = None) -> None:
         if self._muted():
             return
-        data: dict[str, Any] = {"kind": "run.status", "runId": run.run_id, "status": run.status}
-        if run.started_at:
-            data["startedAt"] = run.started_at
-        if run.finished_at:
-            data["finishedAt"] = run.finished_at
-        if reason:
-            data["reason"] = reason
-        self._emit(run, "run.status", data)
+        self._emit(run, "run.status", RunStatusEvent(
+            run_id=run.run_id, status=run.status, started_at=run.started_at,
+            finished_at=run.finished_at, reason=reason or None,
+        ))
 
     def _emit_snapshot(self, run: Run) -> None:
         if self._muted():
             return
-        # the nodes stay NodeSummary structs (encoded as such on the wire): a run of 100,000
-        # nodes would otherwise build some 300,000 dicts, for the collector to walk
-        summary = msgspec.to_builtins(run_summary(run, nodes=False))
-        nodes = [node_summary(t) for t in run.tasks.values()]
-        self._emit(run, "run.snapshot", {"kind": "run.snapshot", "run": summary, "nodes": nodes})
+        # the nodes stay NodeSummary structs: a run of 100,000 nodes would otherwise build
+        # some 300,000 dicts, for the collector to walk
+        self._emit(run, "run.snapshot", RunSnapshotEvent(
+            run=run_summary(run, nodes=False),
+            nodes=[node_summary(t) for t in run.tasks.values()],
+        ))
 
     def _emit_node_state(self, task: Task) -> None:
-        task.updated_at = self._ts
+        task.updated_at = ts = self._ts
         if self._muted():
             return
-        state: dict[str, Any] = {"stage": task.stage or task.status, "lastUpdatedAt": self._ts}
-        if task.progress is not None:
-            state["progress"] = task.progress
-        if task.message:
-            state["message"] = task.message
-        if task.error is not None:
-            state["error"] = task.error
-        self._emit(task.run, "node.state", {
-            "kind": "node.state", "runId": task.run.run_id, "nodeId": task.node_id,
-            "taskId": task.task_id, "status": task.status, "attempt": task.attempt,
-            "state": state,
-        })
+        self._emit(task.run, "node.state", NodeStateEvent(
+            run_id=task.run.run_id, node_id=task.node_id, task_id=task.task_id,
+            status=task.status, attempt=task.attempt,
+            state=NodeState(stage=task.stage or task.status, last_updated_at=ts,
+                            progress=task.progress, message=task.message or None,
+                            error=task.error),
+        ))
 
     def _emit_result_snapshot(self, task: Task, complete: bool) -> None:
         if self._muted():
             return
-        data: dict[str, Any] = {
-            "kind": "node.result.snapshot", "runId": task.run.run_id, "nodeId": task.node_id,
-            "taskId": task.task_id, "revision": task.attempt, "format": "json",
-            "content": task.result if task.result is not None else {},
-            "artifacts": list(task.artifacts), "complete": complete,
-        }
-        if task.error is not None:
-            data["summary"] = task.error.message
-        elif task.message:
-            data["summary"] = task.message
-        self._emit(task.run, "node.result.snapshot", data)
+        error = task.error
+        self._emit(task.run, "node.result.snapshot", NodeResultSnapshotEvent(
+            run_id=task.run.run_id, node_id=task.node_id, task_id=task.task_id,
+            revision=task.attempt, format="json",
+            content=task.result if task.result is not None else _EMPTY,
+            artifacts=task.artifacts, complete=complete,
+            summary=error.message if error is not None else task.message or None,
+        ))
 
-    def _emit_delta(self, task: Task, operation: str, path: str, payload: Any,
-                    chunk_meta: dict[str, Any] | None = None, terminal: bool = False) -> None:
+    def _emit_delta(self, task: Task, operation: Literal["append", "replace", "remove"],
+                    path: str, payload: dict[str, Any] | None,
+                    chunk_meta: ChunkMeta | None = None, terminal: bool = False) -> None:
         task.seq += 1
         if self._muted():
             return
-        data: dict[str, Any] = {
-            "kind": "node.result.delta", "runId": task.run.run_id, "nodeId": task.node_id,
-            "taskId": task.task_id, "revision": task.attempt, "sequence": task.seq,
-            "operation": operation, "path": path, "terminal": terminal,
-        }
-        if payload is not None:
-            data["payload"] = payload
-        if chunk_meta is not None:
-            data["chunkMeta"] = chunk_meta
-        self._emit(task.run, "node.result.delta", data)
+        self._emit(task.run, "node.result.delta", NodeResultDeltaEvent(
+            run_id=task.run.run_id, node_id=task.node_id, task_id=task.task_id,
+            revision=task.attempt, sequence=task.seq, operation=operation, path=path,
+            terminal=terminal, payload=payload, chunk_meta=chunk_meta,
+        ))
 
     # --- runs ----------------------------------------------------------------------------------
 
-    def submit(
-        self,
-        workflow: Workflow,
-        graph: Graph,
-        *,
-        client_id: str,
-        definition_hash: str,
-        tenant: str = "default",
-        options: RunOptions | None = None,
-        run_id: str | None = None,
-        document: bytes | None = None,
-        meta: dict[str, Any] | None = None,
-    ) -> Run:
-        """Create a run and make its entry nodes ready.
-
-        `document` is the workflow as it was sent, msgpack-encoded (kept for GET
-        definition; without it, the workflow is encoded), `meta` what the caller wants
-        remembered with the run; the engine reads neither."""
-        self._ts = self._now()
-        run_id = run_id or str(uuid.uuid4())
-        if run_id in self.runs:
-            raise ValueError(f"run {run_id} exists already")
+    def _submit(self, command: Submit) -> bool:
+        """Create a run and make its entry nodes ready."""
+        if command.run_id in self.runs:
+            return False
+        try:
+            compiled = self._compile(command)
+        except WorkflowInvalid:
+            return False  # a document that no longer validates (the compiler says why)
         run = Run(
-            run_id=run_id, tenant=tenant, client_id=client_id, workflow=workflow, graph=graph,
-            definition_hash=definition_hash, options=options or RunOptions(),
+            run_id=command.run_id, tenant=command.tenant, client_id=command.client_id,
+            workflow=compiled.workflow, graph=compiled.graph,
+            definition_hash=command.definition_hash, options=command.options,
             created_at=self._ts,
         )
-        run.document = document if document is not None else _mp_encode(workflow)
-        run.meta = meta
-        self.runs[run_id] = run
+        run.document = compiled.document
+        run.meta = command.meta
+        self.runs[run.run_id] = run
         self._emit_run_status(run)
         self._emit_snapshot(run)
         self._start_frame(run.root, None)
-        return run
+        return True
 
-    def cancel_run(self, run_id: str, reason: str = "cancelled by request") -> bool:
-        """Cancel every node that has not finished; False if the run is unknown or final."""
-        run = self.runs.get(run_id)
+    def _cancel_run(self, command: CancelRun) -> bool:
+        """Cancel every node that has not finished; not accepted if the run is final."""
+        run = self.runs.get(command.run_id)
         if run is None or run.final:
             return False
-        self._ts = self._now()
-        run.cancel_reason = reason
-        self._abort_frame(run.root, reason)
+        run.cancel_reason = command.reason
+        self._abort_frame(run.root, command.reason)
         self._finish_run(run)
         return True
+
+    def _forget(self, command: Forget) -> bool:
+        """Drop finished runs (retention). The command keeps only the ids it dropped: a
+        compaction leaves out every record of the runs a Forget names."""
+        dropped = [r for r in command.run_ids if r in self.runs and self.runs[r].final]
+        command.run_ids = dropped
+        for run_id in dropped:
+            self.runs.pop(run_id).dispose()
+        return bool(dropped)
 
     def _finish_run(self, run: Run) -> None:
         if run.final:
@@ -340,7 +426,7 @@ class Engine:
         run.root.closed = True
         if run.cancel_reason is not None:
             run.status = "cancelled"  # what was asked for, even if a branch had failed before
-            reason = run.cancel_reason
+            reason: str | None = run.cancel_reason
         elif run.error is not None or any(t.status != "succeeded" for t in run.root.tasks.values()):
             run.status = "failed"
             reason = run.error.message if run.error else None
@@ -444,13 +530,13 @@ class Engine:
             # the values shared with the upstream results. Neither is ever changed: the
             # engine replaces results rather than changing them, and the node gets a deep
             # copy of its parameters at dispatch.
-            params = dict(task.parameters)
+            shallow = dict(task.parameters)
             for binding in g.inputs:
-                params[binding.target.segments[0]] = _bound_value(tasks, binding)  # type: ignore[index]
-            return params
+                shallow[binding.target.segments[0]] = _bound_value(tasks, binding)  # type: ignore[index]
+            return shallow
         # a deeper target writes into dicts: of a copy, with copies of the values (a later
         # edge may write into a value an earlier one set)
-        params = _copy(task.parameters)
+        params: dict[str, Any] = _copy(task.parameters)
         for binding in g.inputs:
             try:
                 set_value(params, binding.target.segments, _copy(_bound_value(tasks, binding)))
@@ -458,28 +544,18 @@ class Engine:
                 raise BindingPathError(f"edge {binding.edge}: {exc}") from None
         return params
 
-    def dispatch(self, task: Task) -> Dispatch | None:
-        """Start an attempt of a ready node; None if it is no longer ready (cancelled...)."""
-        if not self._start_attempt(task):
-            return None
-        spec = task.g.spec
-        assert spec is not None and task.dispatch_id is not None
-        return Dispatch(
-            run_id=task.run.run_id, task_id=task.task_id, node_id=task.node_id,
-            dispatch_id=task.dispatch_id, attempt=task.attempt, spec=spec,
-            # a copy: a node that changes its parameters must not change the next attempt's
-            parameters=_copy(task.parameters), timeout=task.g.timeout,
-        )
-
-    def _start_attempt(self, task: Task) -> bool:
-        """The state change of `dispatch` (all that a replay needs); False if not ready."""
-        if task.phase != "ready" or task.run.final:
+    def _dispatch(self, command: Dispatch) -> bool:
+        """Start an attempt of a ready node; not accepted if it is no longer ready."""
+        run = self.runs.get(command.run_id)
+        task = run.tasks.get(command.task_id) if run is not None else None
+        if task is None or task.phase != "ready" or task.run.final:
             return False
-        self._ts = self._now()
-        self._dispatch_seq += 1
+        if not command.dispatch_seq:  # live: the next number; history: the one it had
+            command.dispatch_seq = self._dispatch_seq + 1
+        self._dispatch_seq = command.dispatch_seq
         task.attempt += 1
         task.tries += 1
-        task.dispatch_id = dispatch_id = f"{task.attempt}.{self._dispatch_seq}"
+        task.dispatch_id = dispatch_id = f"{task.attempt}.{command.dispatch_seq}"
         task.phase = "dispatched"
         task.status = "running"
         task.started_at = self._ts
@@ -530,65 +606,79 @@ class Engine:
             self._effects.append(Timer(task.g.timeout, "timeout", task, task.try_fence))
         self._start_frame(frame, task.parameters)
 
-    def complete(self, dispatch_id: str, result: dict[str, Any]) -> bool:
-        """The attempt succeeded with `result`; False (and no change) if it is stale."""
+    def _attempt_of(self, dispatch_id: str) -> Task | None:
+        """The task whose current attempt this is, taken out of the running ones; None if
+        the attempt is stale."""
         task = self._dispatches.pop(dispatch_id, None)
         if task is None or task.phase != "dispatched" or task.dispatch_id != dispatch_id:
+            return None
+        return task
+
+    def _complete(self, command: Complete) -> bool:
+        """The attempt succeeded with its result; not accepted if it is stale."""
+        task = self._attempt_of(command.dispatch_id)
+        if task is None:
             return False
-        self._ts = self._now()
+        result = command.result
         if task.partial:
             result = {**task.partial, **result}
         self._succeed(task, result)
         return True
 
-    def fail(self, dispatch_id: str, error: ErrorInfo, *, retryable: bool = True) -> bool:
-        """The attempt failed; retried while attempts remain. False if it is stale."""
-        task = self._dispatches.pop(dispatch_id, None)
-        if task is None or task.phase != "dispatched" or task.dispatch_id != dispatch_id:
+    def _fail(self, command: Fail) -> bool:
+        """The attempt failed; retried while attempts remain. Not accepted if it is stale."""
+        task = self._attempt_of(command.dispatch_id)
+        if task is None:
             return False
-        self._ts = self._now()
-        self._fail_attempt(task, error, retryable=retryable)
+        self._fail_attempt(task, ErrorInfo(code=command.code, message=command.message,
+                                           details=command.details),
+                           retryable=command.retryable)
         return True
 
-    def interrupt(self, dispatch_id: str, reason: str) -> bool:
+    def _interrupt(self, command: Interrupt) -> bool:
         """The host stopped the attempt (a graceful shutdown): queue the node again, without
-        counting the attempt against its retries. False if it is stale."""
-        task = self._dispatches.pop(dispatch_id, None)
-        if task is None or task.phase != "dispatched" or task.dispatch_id != dispatch_id:
+        counting the attempt against its retries. Not accepted if it is stale."""
+        task = self._attempt_of(command.dispatch_id)
+        if task is None:
             return False
-        self._ts = self._now()
         task.tries -= 1
         task.status = "queued"
         task.stage = "interrupted"
-        task.message = reason
+        task.message = command.reason
         task.progress = None
         self._emit_node_state(task)
         task.phase = "ready"
         self._effects.append(Ready(task))
         return True
 
-    def fire_timer(self, timer: Timer) -> None:
-        """A timer set by an earlier effect ran out; stale timers change nothing."""
-        task = timer.task
+    def _fire_timer(self, command: FireTimer) -> bool:
+        """A timer set by an earlier effect ran out; not accepted if it is stale."""
+        run = self.runs.get(command.run_id)
+        task = run.tasks.get(command.task_id) if run is not None else None
+        if task is None:
+            return False
         # a container's timeout spans its loop iterations: it is fenced on the try, not the
         # attempt (and not on `tries`, which starts again when an enclosing frame restarts)
-        container_timeout = timer.kind == "timeout" and task.g.is_container
+        container_timeout = command.kind == "timeout" and task.g.is_container
         current = task.try_fence if container_timeout else task.attempt
-        if current != timer.fence or task.final or task.run.final:
-            return
-        self._ts = self._now()
-        if timer.kind == "retry":
-            if task.phase == "backoff":
-                self._requeue(task)
-            return
+        if current != command.fence or task.final or task.run.final:
+            return False
+        if command.kind == "retry":
+            if task.phase != "backoff":
+                return False
+            self._requeue(task)
+            return True
         message = f"timed out after {task.g.timeout:g} s"
         if task.phase == "dispatched" and task.dispatch_id is not None:
             self._dispatches.pop(task.dispatch_id, None)
             self._effects.append(Cancel(task.dispatch_id))
             self._fail_attempt(task, ErrorInfo(code=Code.TIMEOUT, message=message))
-        elif task.phase == "container" and task.child is not None:
+            return True
+        if task.phase == "container" and task.child is not None:
             self._abort_frame(task.child, message)
             self._fail_attempt(task, ErrorInfo(code=Code.TIMEOUT, message=message))
+            return True
+        return False
 
     def _succeed(self, task: Task, result: dict[str, Any]) -> None:
         task.result = result
@@ -680,7 +770,7 @@ class Engine:
             self._set_final(down, "skipped", message=reason)
             todo.extend(down.g.downstream)
 
-    def _set_final(self, task: Task, status: str, message: str | None = None) -> None:
+    def _set_final(self, task: Task, status: NodeStatus, message: str | None = None) -> None:
         task.status = status
         task.phase = "done"
         task.finished_at = self._ts
@@ -692,67 +782,76 @@ class Engine:
 
     # --- reports from a running attempt (all fenced on the dispatch id) --------------------------
 
-    def _current(self, dispatch_id: str) -> Task | None:
-        task = self._dispatches.get(dispatch_id)
+    def _report(self, command: Report) -> bool:
+        task = self._dispatches.get(command.dispatch_id)
         if task is None or task.phase != "dispatched":
-            return None
-        self._ts = self._now()
-        return task
-
-    def report_progress(self, dispatch_id: str, fraction: float | None, stage: str | None,
-                        message: str | None) -> bool:
-        task = self._current(dispatch_id)
-        if task is None:
             return False
-        if fraction is not None:
-            task.progress = fraction
-        if stage is not None:
-            task.stage = stage
-        if message is not None:
-            task.message = message
-        self._emit_node_state(task)
+        match command.report:
+            case Progress(fraction=fraction, stage=stage, message=message):
+                if fraction is not None:
+                    task.progress = fraction
+                if stage is not None:
+                    task.stage = stage
+                if message is not None:
+                    task.message = message
+                self._emit_node_state(task)
+            case Chunk() as chunk:
+                payload: dict[str, Any] = {}
+                if chunk.text is not None:
+                    payload["text"] = chunk.text
+                if chunk.data is not None:
+                    # base64, as the seed's data_base64
+                    payload["data"] = msgspec.to_builtins(chunk.data)
+                if chunk.mime_type is not None:
+                    payload["mimeType"] = chunk.mime_type
+                meta = ChunkMeta(channel=chunk.channel, metadata=chunk.metadata or None)
+                self._emit_delta(task, "append", f"/channels/{_escape(chunk.channel)}",
+                                 payload, meta, chunk.terminal)
+            case Partial(update=update):
+                # a new dict: summaries already published hold the old one
+                task.partial = {**task.partial, **update} if task.partial else dict(update)
+                for key, value in update.items():
+                    self._emit_delta(task, "replace", f"/{_escape(key)}", {"value": value})
+            case Metric(name=name, value=value):
+                task.metrics = {**task.metrics, name: value}  # summaries share the old dict
+            case Artifact(artifact=artifact):
+                task.artifacts = (*task.artifacts, artifact)  # summaries share the old tuple
         return True
 
-    def report_chunk(self, dispatch_id: str, channel: str, text: str | None, data: bytes | None,
-                     mime_type: str | None, terminal: bool,
-                     metadata: dict[str, Any] | None) -> bool:
-        task = self._current(dispatch_id)
-        if task is None:
-            return False
-        payload: dict[str, Any] = {}
-        if text is not None:
-            payload["text"] = text
-        if data is not None:
-            payload["data"] = msgspec.to_builtins(data)  # base64, as the seed's data_base64
-        if mime_type is not None:
-            payload["mimeType"] = mime_type
-        meta: dict[str, Any] = {"channel": channel}
-        if metadata:
-            meta["metadata"] = metadata
-        self._emit_delta(task, "append", f"/channels/{_escape(channel)}", payload, meta, terminal)
-        return True
+    # --- after a replay ------------------------------------------------------------------------
 
-    def report_partial(self, dispatch_id: str, update: dict[str, Any]) -> bool:
-        task = self._current(dispatch_id)
-        if task is None:
-            return False
-        # a new dict: summaries already published hold the old one
-        task.partial = {**task.partial, **update} if task.partial else dict(update)
-        for key, value in update.items():
-            self._emit_delta(task, "replace", f"/{_escape(key)}", {"value": value})
-        return True
+    def resume(self) -> dict[str, int]:
+        """After the history is in: settle what the restart interrupted and hand the work
+        left to the scheduler (through `take_effects()`, as usual).
 
-    def report_metric(self, dispatch_id: str, name: str, value: float) -> bool:
-        task = self._current(dispatch_id)
-        if task is None:
-            return False
-        task.metrics = {**task.metrics, name: value}  # a new dict: summaries share the old
-        return True
-
-    def report_artifact(self, dispatch_id: str, artifact: dict[str, Any]) -> bool:
-        task = self._current(dispatch_id)
-        if task is None:
-            return False
-        task.artifacts = (*task.artifacts, artifact)  # summaries share the old tuple
-        return True
-
+        Ready nodes become Ready effects; backoffs and container timeouts are started
+        afresh; attempts that were running when the host went down fail with
+        E.HOST.RESTARTED (live Fail commands, so journaled), which retries them if the node
+        declared itself idempotent and has attempts left."""
+        counts = {"interrupted": 0, "ready": 0, "backoff": 0, "containers": 0}
+        interrupted: list[Task] = []
+        for run in self.runs.values():
+            if run.final:
+                continue
+            for task in run.tasks.values():
+                if task.phase == "dispatched" and task.dispatch_id is not None:
+                    interrupted.append(task)
+                elif task.phase == "ready":
+                    counts["ready"] += 1
+                    self._effects.append(Ready(task))
+                elif task.phase == "backoff":
+                    counts["backoff"] += 1
+                    self._effects.append(Timer(0.0, "retry", task, task.attempt))
+                elif task.phase == "container" and task.g.timeout:
+                    counts["containers"] += 1
+                    self._effects.append(Timer(task.g.timeout, "timeout", task,
+                                               task.try_fence))
+        for task in interrupted:
+            counts["interrupted"] += 1
+            assert task.dispatch_id is not None
+            self.apply(Fail(
+                run_id=task.run.run_id, dispatch_id=task.dispatch_id, code=Code.HOST_RESTARTED,
+                message="the host restarted while the node was running",
+                details={"idempotent": task.g.idempotent}, retryable=task.g.idempotent,
+            ))
+        return counts

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "Code",
@@ -11,6 +12,7 @@ __all__ = [
     "NodehostError",
     "PluginLoadError",
     "WorkflowInvalid",
+    "rebuild",
 ]
 
 
@@ -30,6 +32,13 @@ class Code:
     INTERNAL = "E.INTERNAL"
 
 
+def rebuild(cls: type[BaseException], args: tuple[Any, ...], kwargs: dict[str, Any]
+            ) -> BaseException:
+    """Unpickle an exception whose constructor is not `cls(*self.args)` (see `__reduce__`
+    of the classes here): exceptions cross process pools, worker pipes and clusters."""
+    return cls(*args, **kwargs)
+
+
 class NodehostError(Exception):
     """Base class of the exceptions nodehost raises on purpose."""
 
@@ -43,13 +52,17 @@ class NodeError(NodehostError):
         message: str,
         remediation: str | None = None,
         *,
-        details: dict | None = None,
+        details: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.remediation = remediation
         self.details = details
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (rebuild, (type(self), (self.code, self.message, self.remediation),
+                          {"details": self.details}))
 
     def __repr__(self) -> str:
         return f"NodeError({self.code!r}, {self.message!r})"
@@ -74,6 +87,9 @@ class WorkflowInvalid(NodehostError):
         lines = "\n".join(f"  {issue}" for issue in self.issues)
         super().__init__(f"workflow is invalid ({len(self.issues)} problem(s)):\n{lines}")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (rebuild, (type(self), (self.issues,), {}))
+
 
 class PluginLoadError(NodehostError):
     """A node package could not be loaded or conflicts with another one."""
@@ -82,3 +98,6 @@ class PluginLoadError(NodehostError):
         super().__init__(f"{plugin}: {message}")
         self.plugin = plugin
         self.message = message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (rebuild, (type(self), (self.plugin, self.message), {}))

@@ -1,53 +1,161 @@
-"""Event envelopes (the seed's SSE contract) and the in-process bus that fans them out.
+"""Event envelopes and the six event types, as the SSE stream carries them (tier 1, no I/O).
 
-The engine numbers envelopes from one daemon-wide sequence as it changes state, so ids are
-in the order of the changes. The bus keeps a bounded replay buffer and gives every
-subscriber its own bounded stream: a subscriber that falls behind is dropped, never waited on.
+The wire is the seed's contract: `{version: "v1", id, type, occurredAt, scope, replayed?,
+data}`, camelCase, nulls dropped. `data` is one of the event Structs below, tagged by its
+`kind` (which is also the envelope's `type`); their field order is the order of the keys on
+the wire. The OpenAPI document publishes their schemas. The bus that fans envelopes out to
+subscribers is `bus.EventBus`.
+
+Adding an event type is a Struct here (and in `Event`), and the engine emitting it.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
-import anyio
 import msgspec
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-__all__ = ["EVENT_TYPES", "Envelope", "EventBus", "Scope", "Subscription"]
+from .model import ErrorInfo, NodeStatus, NodeSummary, RunStatus, RunSummary
 
-EVENT_TYPES = (
-    "run.status",
-    "run.snapshot",
-    "node.state",
-    "node.result.snapshot",
-    "node.result.delta",
+__all__ = [
+    "EVENT_TYPES",
+    "ChunkMeta",
+    "Envelope",
+    "Event",
+    "NodeResultDeltaEvent",
+    "NodeResultSnapshotEvent",
+    "NodeState",
+    "NodeStateEvent",
+    "RunSnapshotEvent",
+    "RunStatusEvent",
+    "Scope",
+    "StreamResetEvent",
+    "sse_frame",
+]
+
+
+# gc=False: events hold JSON-like data and never take part in reference cycles, so the
+# cycle collector need not track them (thousands are alive in the replay buffer).
+class _Wire(msgspec.Struct, rename="camel", omit_defaults=True, kw_only=True, frozen=True,
+            gc=False):
+    pass
+
+
+class _Event(_Wire, tag_field="kind", frozen=True):
+    pass
+
+
+class RunStatusEvent(_Event, tag="run.status", kw_only=True, frozen=True):
+    """A run changed status (queued, running, then succeeded, failed or cancelled)."""
+
+    run_id: str
+    status: RunStatus
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    reason: str | None = None  # why it failed or was cancelled
+
+
+class RunSnapshotEvent(_Event, tag="run.snapshot", kw_only=True, frozen=True):
+    """The whole run, when it is submitted and when it ends: summary and every node
+    (nodes of container frames included, with `metadata.__frame`)."""
+
+    run: RunSummary  # without `nodes`: they are here
+    nodes: list[NodeSummary]
+
+
+class NodeState(_Wire, kw_only=True, frozen=True):
+    """A node's state in a `node.state` event."""
+
+    stage: str  # the status, or what the node says it is doing ("retrying", "interrupted")
+    last_updated_at: datetime
+    progress: float | None = None
+    message: str | None = None
+    error: ErrorInfo | None = None
+
+
+class NodeStateEvent(_Event, tag="node.state", kw_only=True, frozen=True):
+    """A node started, reported progress, was retried, or finished."""
+
+    run_id: str
+    node_id: str
+    task_id: str  # the node id, or `<frameId>::<nodeId>` inside a container's frame
+    status: NodeStatus
+    attempt: int  # grows across retries and loop iterations: the result revision
+    state: NodeState
+
+
+class NodeResultSnapshotEvent(_Event, tag="node.result.snapshot", kw_only=True, frozen=True):
+    """A node's results (or error) when it finishes; `revision` is its attempt."""
+
+    run_id: str
+    node_id: str
+    task_id: str
+    revision: int
+    format: Literal["json"]
+    content: dict[str, Any]
+    artifacts: tuple[dict[str, Any], ...]
+    complete: bool
+    summary: str | None = None  # the error's message, else the node's last message
+
+
+class ChunkMeta(_Wire, kw_only=True, frozen=True):
+    channel: str
+    metadata: dict[str, Any] | None = None
+
+
+class NodeResultDeltaEvent(_Event, tag="node.result.delta", kw_only=True, frozen=True):
+    """Part of a node's output while it runs: a chunk appended to `/channels/<channel>`
+    (payload `{text}` or `{data}` in base64, with `mimeType`), or a partial result
+    replacing `/<key>` (payload `{value}`). `sequence` counts within the revision."""
+
+    run_id: str
+    node_id: str
+    task_id: str
+    revision: int
+    sequence: int
+    operation: Literal["append", "replace", "remove"]
+    path: str
+    terminal: bool
+    payload: dict[str, Any] | None = None
+    chunk_meta: ChunkMeta | None = None
+
+
+class StreamResetEvent(_Event, tag="stream.reset", kw_only=True, frozen=True):
+    """The first event of a stream resumed from an id whose events are no longer kept (or
+    that is newer than any event): refetch state over REST, then go on from this id."""
+
+    last_event_id: str
+    resume_after: str
+    reason: str
+
+
+Event = (RunStatusEvent | RunSnapshotEvent | NodeStateEvent | NodeResultSnapshotEvent
+         | NodeResultDeltaEvent | StreamResetEvent)
+
+EVENT_TYPES: tuple[str, ...] = tuple(
+    t.__struct_config__.tag for t in Event.__args__
 )
 
 
-# gc=False: envelopes hold JSON-like data and never take part in reference cycles, so the
-# garbage collector need not track them (thousands are alive in the replay buffer).
-class Scope(msgspec.Struct, rename="camel", omit_defaults=True, kw_only=True, gc=False):
+class Scope(_Wire, kw_only=True, frozen=True):
     tenant: str
     run_id: str | None = None
     client_session_id: str | None = None
 
 
-class Envelope(msgspec.Struct, rename="camel", omit_defaults=True, kw_only=True, gc=False):
-    """`{version, id, type, occurredAt, scope, replayed?, data}`; `data` is never mutated.
+class Envelope(_Wire, kw_only=True, frozen=True):
+    """`{version, id, type, occurredAt, scope, replayed?, data}`.
 
     `version` has no default so that it is always encoded (omit_defaults drops defaults)."""
 
     version: str
     id: str
-    type: str
+    type: str  # the `kind` of `data`
     occurred_at: datetime
     scope: Scope
     replayed: bool = False
-    data: dict[str, Any]
+    data: Event
 
     @property
     def seq(self) -> int:
@@ -76,96 +184,3 @@ def sse_frame(envelope: Envelope) -> bytes:
         del _frames[next(iter(_frames))]  # the oldest
     _frames[key] = (envelope, frame)
     return frame
-
-
-@dataclass(slots=True)
-class Subscription:
-    """A bounded stream of envelopes for one subscriber; `dropped` is set if it fell behind."""
-
-    receive: MemoryObjectReceiveStream[Envelope]
-    _send: MemoryObjectSendStream[Envelope]
-    accept: Callable[[Envelope], bool]
-    dropped: bool = False
-
-    def close(self) -> None:
-        self._send.close()
-
-    def drain(self) -> list[Envelope]:
-        """Everything delivered so far, without waiting."""
-        out = []
-        while True:
-            try:
-                out.append(self.receive.receive_nowait())
-            except (anyio.WouldBlock, anyio.EndOfStream):
-                return out
-
-    def __enter__(self) -> Subscription:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._send.close()
-        self.receive.close()
-
-
-class EventBus:
-    """Fan-out of envelopes to subscribers, with a replay buffer of the most recent ones."""
-
-    def __init__(self, *, buffer: int = 10_000, subscriber_buffer: int = 1_000) -> None:
-        self._recent: deque[Envelope] = deque(maxlen=buffer)
-        self._subscribers: list[Subscription] = []
-        self._subscriber_buffer = subscriber_buffer
-        self.published = 0
-        self.dropped_subscribers = 0
-
-    def publish_nowait(self, envelope: Envelope) -> None:
-        """Record and fan out one envelope; never blocks."""
-        self._recent.append(envelope)
-        self.published += 1
-        if not self._subscribers:
-            return
-        for sub in list(self._subscribers):
-            if not sub.accept(envelope):
-                continue
-            try:
-                sub._send.send_nowait(envelope)
-            except anyio.WouldBlock:
-                sub.dropped = True
-                self.dropped_subscribers += 1
-                self._remove(sub)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                self._remove(sub)
-
-    def subscribe(
-        self, accept: Callable[[Envelope], bool] = lambda e: True, *, after: int | None = None
-    ) -> Subscription:
-        """Subscribe; with `after`, first replay buffered envelopes whose id is greater.
-
-        Registration and the replay cutoff happen in one synchronous step, so nothing is
-        missed or delivered twice between the replay and the live stream.
-        """
-        send, receive = anyio.create_memory_object_stream[Envelope](
-            self._subscriber_buffer + (len(self._recent) if after is not None else 0)
-        )
-        sub = Subscription(receive=receive, _send=send, accept=accept)
-        if after is not None:
-            for env in self._recent:
-                if env.seq > after and accept(env):
-                    send.send_nowait(msgspec.structs.replace(env, replayed=True))
-        self._subscribers.append(sub)
-        return sub
-
-    def unsubscribe(self, sub: Subscription) -> None:
-        self._remove(sub)
-
-    def _remove(self, sub: Subscription) -> None:
-        if sub in self._subscribers:
-            self._subscribers.remove(sub)
-        sub.close()
-
-    def statistics(self) -> dict[str, int]:
-        return {
-            "published": self.published,
-            "subscribers": len(self._subscribers),
-            "buffered": len(self._recent),
-            "dropped_subscribers": self.dropped_subscribers,
-        }

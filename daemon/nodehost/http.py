@@ -50,7 +50,7 @@ _STATUS_ERRORS = {
 
 
 def _request_id(scope: Scope) -> str:
-    return scope.get("state", {}).get("request_id", "-")
+    return str(scope.get("state", {}).get("request_id", "-"))
 
 
 def _error_body(status: int, error: str, message: str, request_id: str,
@@ -121,7 +121,7 @@ class _EventStreamResponse(Response):
 
     async def _pump(self, send: Send) -> bool:
         """Stream until told to stop; False if the response cannot be completed cleanly."""
-        settings = self.api.settings
+        settings = self.api.events
         subscription = self.stream.subscription
         reset = self.stream.reset
         chunk = sse_frame(reset) if reset is not None else b""

@@ -30,7 +30,7 @@ class _DaemonCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         api = self._api
         host = api.host
-        tally = Tally(run.status for run in host.engine.runs.values())
+        tally: Tally[str] = Tally(run.status for run in host.engine.runs.values())
         runs = GaugeMetricFamily("nodehost_runs", "Runs known to the daemon, by status.",
                                  labels=["status"])
         for status in RUN_STATUSES:

@@ -14,26 +14,20 @@ import types
 import typing
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import msgspec
 
 from .errors import NodeError
+from .reports import Artifact, Chunk, Metric, NodeReport, Partial, Progress
 
 __all__ = ["Context", "NodeSpec", "Package", "Reporter"]
 
 _NAME = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*$")
 
-
-class Reporter(Protocol):
-    """Where a Context sends what the node reports (the host implements it)."""
-
-    def progress(self, fraction: float | None, stage: str | None, message: str | None) -> None: ...
-    def chunk(self, channel: str, text: str | None, data: bytes | None, mime_type: str | None,
-              terminal: bool, metadata: dict[str, Any] | None) -> None: ...
-    def partial(self, update: dict[str, Any]) -> None: ...
-    def metric(self, name: str, value: float) -> None: ...
-    def artifact(self, artifact: dict[str, Any]) -> None: ...
+Reporter = Callable[[NodeReport], None]
+"""Where a Context sends what the node reports: the host's executor, which hands it on to
+the engine (in-process), or writes it to the worker pipe (in a worker process)."""
 
 
 class _Checkpoint:
@@ -98,7 +92,7 @@ class Context:
             if not math.isfinite(fraction):
                 raise ValueError(f"progress must be a finite number, got {fraction!r}")
             fraction = min(1.0, max(0.0, fraction))
-        self._reporter.progress(fraction, stage, message)
+        self._reporter(Progress(fraction, stage, message))
         return _CHECKPOINT
 
     def log(
@@ -112,21 +106,21 @@ class Context:
     ) -> None:
         """Stream a chunk of text or bytes on a channel (log, stdout, stderr, llm, ...)."""
         if isinstance(content, bytes | bytearray | memoryview):
-            self._reporter.chunk(channel, None, bytes(content), mime_type or
-                                 "application/octet-stream", terminal, metadata)
+            self._reporter(Chunk(channel, None, bytes(content),
+                                 mime_type or "application/octet-stream", terminal, metadata))
         else:
-            self._reporter.chunk(channel, str(content), None, mime_type, terminal, metadata)
+            self._reporter(Chunk(channel, str(content), None, mime_type, terminal, metadata))
 
     def partial(self, update: dict[str, Any]) -> _Checkpoint:
         """Publish part of the results now; each top-level key replaces the previous value."""
         if not isinstance(update, dict):
             raise TypeError(f"partial() takes a dict of result keys, got {type(update).__name__}")
-        self._reporter.partial(msgspec.to_builtins(update))
+        self._reporter(Partial(msgspec.to_builtins(update)))
         return _CHECKPOINT
 
     def metric(self, name: str, value: float) -> None:
         """Record a numeric metric (the last value per name is kept)."""
-        self._reporter.metric(str(name), float(value))
+        self._reporter(Metric(str(name), float(value)))
 
     def artifact(
         self,
@@ -145,7 +139,7 @@ class Context:
             artifact["inline"] = inline
         if metadata:
             artifact["metadata"] = metadata
-        self._reporter.artifact(artifact)
+        self._reporter(Artifact(artifact))
 
 
 NodeFunction = Callable[[Context, Any], Any]
@@ -166,7 +160,7 @@ class NodeSpec:
     backoff: float = 0.0
     idempotent: bool = False
     description: str = ""
-    _schemas: dict[str, Any] = field(default_factory=dict, repr=False)
+    _schemas: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
     # asked once per attempt on the hot path: worked out once, here
     is_async: bool = field(init=False, repr=False, default=False)
 

@@ -13,7 +13,7 @@ import msgspec
 
 from . import __version__
 from .api import MAX_LIMIT, RUN_STATUSES, ErrorBody, Health, PackageList, RunList
-from .events import Envelope
+from .events import EVENT_TYPES, Envelope, Event
 from .model import RunRef, RunSummary, StartRunRequest
 
 __all__ = ["PREFIX", "openapi_document"]
@@ -69,10 +69,15 @@ _RUN_ID = {"name": "runId", "in": "path", "required": True, "schema": {"type": "
 
 def openapi_document() -> dict[str, Any]:
     """The whole document, as a JSON-ready dict."""
+    event_types = list(Event.__args__)
     _, schemas = msgspec.json.schema_components(
-        [StartRunRequest, RunRef, RunSummary, RunList, ErrorBody, PackageList, Health, Envelope],
+        [StartRunRequest, RunRef, RunSummary, RunList, ErrorBody, PackageList, Health, Envelope,
+         *event_types],
         ref_template=_REF,
     )
+    events_table = "\n".join(
+        f"- `{tag}`: [{t.__name__}](#/components/schemas/{t.__name__})"
+        for tag, t in zip(EVENT_TYPES, event_types, strict=True))
     schemas["RunDefinition"] = {
         "title": "RunDefinition",
         "description": "The workflow exactly as submitted (unknown and UI-only fields kept), "
@@ -161,7 +166,9 @@ def openapi_document() -> dict[str, Any]:
                     "first (`replayed: true`). If it is no longer buffered, the stream starts "
                     "with a `stream.reset` event (its id is where the replay resumes): "
                     "refetch state over REST. A client that falls behind is disconnected "
-                    "after a `: dropped` comment; reconnect with Last-Event-ID."),
+                    "after a `: dropped` comment; reconnect with Last-Event-ID.\n\n"
+                    "The envelope's `data` is one of these event types (its `kind` is the "
+                    "envelope's `type`, and the SSE `event:` line):\n" + events_table),
                 "parameters": [
                     {"name": "runId", "in": "query", "required": False,
                      "schema": {"type": "string"}},

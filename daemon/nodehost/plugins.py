@@ -227,7 +227,7 @@ class PluginHost:
         reports: list[LoadReport] = []
         seen: set[str] = set()
         for dist in importlib.metadata.distributions():
-            dist_name = dist.metadata.get("Name") or "?"
+            dist_name = (dist.metadata.get_all("Name") or ["?"])[0]
             norm = _norm(dist_name)
             if norm in seen:
                 continue  # the same distribution found twice on sys.path: the first wins
@@ -290,7 +290,7 @@ def _norm(name: str) -> str:
 
 
 def _nothing_provided(obj: object) -> str:
-    what = f"module {obj.__name__}" if hasattr(obj, "__file__") else repr(obj)
+    what = f"module {getattr(obj, '__name__', '?')}" if hasattr(obj, "__file__") else repr(obj)
     hint = ""
     packages = [k for k, v in vars(obj).items() if isinstance(v, Package)] \
         if hasattr(obj, "__dict__") else []

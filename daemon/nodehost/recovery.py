@@ -1,58 +1,26 @@
-"""Start-up recovery: rebuild the engine from the store, and apply retention (tier 4).
+"""Start-up recovery: the journal's commands applied again, and retention (tier 4, no I/O).
 
-Replay needs each run's graph again. A run whose node package has since been removed still
-comes back: its nodes get a stand-in that fails with E.DISPATCH.UNAVAILABLE if it is ever
-dispatched, so the history stays readable and nothing blocks start-up.
+Recovery = `for command in history: engine.apply(command)`, then `engine.resume()`. The
+Submits of the history are compiled by the engine's `documents.Documents`, which gives node
+types that are no longer installed a stand-in (failing with E.DISPATCH.UNAVAILABLE if ever
+dispatched), so the history stays readable and nothing blocks start-up.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from .errors import Code, NodeError
-from .journaled import JournaledEngine
-from .model import Workflow
-from .node_api import Context, NodeSpec
-from .plugins import Catalog
+from . import collector
+from .commands import Command
+from .engine import Engine
 from .runstate import Run
-from .store.store import Recovered
-from .validate import Limits, compile_workflow
 
-__all__ = ["RecoveryCatalog", "Retention", "recover", "runs_to_forget"]
+__all__ = ["RecoveryReport", "Retention", "recover", "replay", "runs_to_forget"]
 
 log = logging.getLogger(__name__)
-
-
-class RecoveryCatalog:
-    """The installed catalog, with stand-ins for node types that are gone."""
-
-    def __init__(self, catalog: Catalog) -> None:
-        self._catalog = catalog
-        self._missing: dict[tuple[str, str, str], NodeSpec] = {}
-
-    def get(self, package: str, version: str, type: str) -> NodeSpec:
-        spec = self._catalog.get(package, version, type)
-        if spec is not None:
-            return spec
-        key = (package, version, type)
-        if key not in self._missing:
-            async def unavailable(ctx: Context, params: dict) -> dict:
-                raise NodeError(Code.UNAVAILABLE, f"node type {type!r} of {package}=={version} "
-                                "is not installed any more",
-                                remediation=f"install {package}=={version} and submit again")
-
-            self._missing[key] = NodeSpec(package=package, version=version, type=type,
-                                          fn=unavailable, params_type=None, result_type=None)
-        return self._missing[key]
-
-    def versions(self, package: str) -> list[str]:
-        return self._catalog.versions(package)
-
-    def types(self, package: str, version: str) -> list[str]:
-        return self._catalog.types(package, version)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,21 +32,33 @@ class RecoveryReport:
     resumed: dict[str, int]
 
 
-def recover(engine: JournaledEngine, recovered: Recovered, catalog: Catalog,
-            limits: Limits, *, keep_events: int | None = None) -> RecoveryReport:
-    """Replay what the store read into `engine`, then settle what the restart interrupted.
+def replay(engine: Engine, history: Sequence[Command], *,
+           keep_events: int | None = None) -> int:
+    """Apply a history of (stamped) commands to an empty engine; returns how many.
 
-    `keep_events`: how many of the newest events to rebuild for the replay buffer (the
-    older ones keep their ids but are not built: nobody could be sent them)."""
-    lookup = RecoveryCatalog(catalog)
+    With `keep_events`, only about the last that many events are built and published (what
+    the replay buffer can hold); older ones keep their ids but are only counted. The cycle
+    collector is paused meanwhile (see `collector.paused`).
+    """
+    if keep_events is not None and history:
+        engine.quiet_until = history[-1].seq - keep_events
+    try:
+        with collector.paused():
+            for command in history:
+                engine.apply(command)
+    finally:
+        engine.quiet_until = 0
+    return len(history)
 
-    def compile(workflow: Workflow):  # type: ignore[no-untyped-def]
-        return compile_workflow(workflow, lookup, limits)  # type: ignore[arg-type]
 
-    applied = engine.replay(recovered.records, compile, keep_events=keep_events)
+def recover(engine: Engine, history: Sequence[Command], *, seconds: float = 0.0,
+            keep_events: int | None = None) -> RecoveryReport:
+    """Replay what the store read, then settle what the restart interrupted (the effects
+    wait in the engine for the scheduler). `seconds`: what reading the store took."""
+    applied = replay(engine, history, keep_events=keep_events)
     resumed = engine.resume()
     active = sum(1 for r in engine.runs.values() if not r.final)
-    report = RecoveryReport(len(engine.runs), active, applied, recovered.seconds, resumed)
+    report = RecoveryReport(len(engine.runs), active, applied, seconds, resumed)
     if applied:
         log.info("recovered %d runs (%d active) from %d records; %d attempts interrupted by "
                  "the restart", report.runs, active, applied, resumed["interrupted"])

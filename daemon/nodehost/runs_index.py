@@ -20,7 +20,6 @@ from typing import Any
 
 import msgspec
 
-from .events import Envelope
 from .runstate import Run
 
 __all__ = ["CursorError", "Entry", "Page", "RunsIndex"]
@@ -89,19 +88,9 @@ class RunsIndex:
     def __init__(self) -> None:
         self._entries: dict[str, Entry] = {}
         self._keys: dict[str, list[tuple[datetime, str]]] = {}
-        self._last_event: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
-
-    def observe(self, envelope: Envelope) -> None:
-        """Engine event sink: remember each run's last event id (the definition's ETag)."""
-        run_id = envelope.scope.run_id
-        if run_id is not None:
-            self._last_event[run_id] = envelope.seq
-
-    def last_event_id(self, run_id: str) -> int:
-        return self._last_event.get(run_id, 0)
 
     def add(self, run: Run, document: bytes) -> None:
         """Index a run with its workflow as sent (msgpack-encoded)."""
@@ -117,7 +106,6 @@ class RunsIndex:
         """Forget runs (retention); their keys leave the listing order too."""
         for run_id in run_ids:
             entry = self._entries.pop(run_id, None)
-            self._last_event.pop(run_id, None)
             if entry is None:
                 continue
             keys = self._keys.get(entry.run.tenant, [])

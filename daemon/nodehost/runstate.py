@@ -9,7 +9,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from .model import ErrorInfo, NodeStateView, NodeSummary, RunOptions, RunRef, RunSummary
+from .model import (
+    ErrorInfo,
+    NodeStateView,
+    NodeStatus,
+    NodeSummary,
+    RunOptions,
+    RunRef,
+    RunStatus,
+    RunSummary,
+)
 
 if TYPE_CHECKING:
     from .graph import Graph, GraphNode
@@ -49,7 +58,7 @@ class Task:
 
     def reset(self) -> None:
         """Back to queued, waiting for upstreams (a new frame iteration keeps `attempt`)."""
-        self.status = "queued"
+        self.status: NodeStatus = "queued"
         self.phase: Phase = "waiting"
         self.waiting = len(self.g.upstream)  # upstreams that have not succeeded yet
         self.tries = 0
@@ -97,7 +106,7 @@ class Frame:
         self.graph = graph
         self.frame_id = frame_id
         self.container = container
-        self.depth = 0 if container is None else container.frame.depth + 1
+        self.depth: int = 0 if container is None else container.frame.depth + 1
         self.iteration = 0
         self.tasks: dict[str, Task] = {}
         self.open = 0
@@ -124,8 +133,8 @@ class Frame:
 class Run:
     __slots__ = (
         "cancel_reason", "client_id", "created_at", "definition_hash", "document", "error",
-        "finished_at", "frames", "graph", "meta", "options", "root_id", "run_id", "started_at",
-        "status", "tasks", "tenant", "workflow",
+        "finished_at", "frames", "graph", "last_event", "meta", "options", "root_id", "run_id",
+        "started_at", "status", "tasks", "tenant", "workflow",
     )
 
     def __init__(
@@ -148,13 +157,14 @@ class Run:
         self.definition_hash = definition_hash
         self.options = options
         self.created_at = created_at
-        self.status = "queued"
+        self.status: RunStatus = "queued"
         self.started_at: datetime | None = None
         self.finished_at: datetime | None = None
         self.error: ErrorInfo | None = None
         self.cancel_reason: str | None = None
         self.document = b""  # the workflow as sent, msgpack-encoded (set by the engine)
         self.meta: dict[str, Any] | None = None  # what the submitter keeps with the run
+        self.last_event = 0  # the id of the last event published about it (an ETag)
         self.tasks: dict[str, Task] = {}
         self.frames: dict[str, Frame] = {}
         root = Frame(self, graph, graph.id, None)
@@ -206,7 +216,7 @@ def node_summary(task: Task) -> NodeSummary:
     return NodeSummary(
         node_id=task.node_id,
         task_id=task.task_id,
-        status=task.status,  # type: ignore[arg-type]
+        status=task.status,
         started_at=task.started_at,
         finished_at=task.finished_at,
         seq=task.attempt or None,
@@ -222,7 +232,7 @@ def node_summary(task: Task) -> NodeSummary:
 def run_summary(run: Run, *, nodes: bool = True) -> RunSummary:
     return RunSummary(
         run_id=run.run_id,
-        status=run.status,  # type: ignore[arg-type]
+        status=run.status,
         definition_hash=run.definition_hash,
         client_id=run.client_id,
         created_at=run.created_at,
@@ -237,7 +247,7 @@ def run_summary(run: Run, *, nodes: bool = True) -> RunSummary:
 def run_ref(run: Run) -> RunRef:
     return RunRef(
         run_id=run.run_id,
-        status=run.status,  # type: ignore[arg-type]
+        status=run.status,
         definition_hash=run.definition_hash,
         client_id=run.client_id,
         created_at=run.created_at,

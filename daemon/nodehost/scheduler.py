@@ -22,27 +22,26 @@ import logging
 import time
 import traceback
 from collections import OrderedDict, defaultdict, deque
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup, TaskStatus
 
-from .engine import Cancel, Dispatch, Engine, Ready, RunFinished, Timer
+from .commands import CancelRun, Command, Complete, Fail, Interrupt, Report
+from .config import SchedulerConfig
+from .engine import Attempt, Cancel, Engine, Ready, RunFinished, Timer
 from .errors import Code, NodeError
 from .executors import AttemptFailed, Executor
 from .executors.inprocess import InProcessExecutor
-from .model import ErrorInfo
 
 if TYPE_CHECKING:
-    from .graph import Graph
-    from .model import RunOptions, Workflow
     from .node_api import NodeSpec
+    from .reports import NodeReport
     from .runstate import Run, Task
 
-__all__ = ["Scheduler", "SchedulerLimits"]
+__all__ = ["Scheduler"]
 
 log = logging.getLogger(__name__)
 
@@ -51,18 +50,6 @@ log = logging.getLogger(__name__)
 _SLICE = 0.002
 _BURST = 32
 _monotonic = time.monotonic  # the clock of those slices (tests replace it)
-
-
-@dataclass(frozen=True, slots=True)
-class SchedulerLimits:
-    """How many attempts may run at once: in all, per package (by name), per package default."""
-
-    parallelism: int = 32
-    per_package: Mapping[str, int] = field(default_factory=dict)
-    default_per_package: int | None = None
-
-    def for_package(self, name: str) -> int | None:
-        return self.per_package.get(name, self.default_per_package)
 
 
 class _ReadyQueue:
@@ -107,17 +94,18 @@ class _ReadyQueue:
         return task
 
 
-class _Attempt:
+class _Running:
     """One attempt handed to a worker: what it runs, the cancel scope it runs in, whether
-    the host asked it to stop; and the Reporter of the node, which hands what the node
-    reports to the engine under the attempt's dispatch id (fenced there)."""
+    the host asked it to stop. Called with a report, it is the node's Reporter: it applies
+    the report to the engine under the attempt's dispatch id (fenced there)."""
 
-    __slots__ = ("_engine", "cancelled", "dispatch", "dispatch_id", "scope", "task")
+    __slots__ = ("_engine", "attempt", "cancelled", "dispatch_id", "run_id", "scope", "task")
 
-    def __init__(self, engine: Engine, dispatch: Dispatch, task: Task) -> None:
+    def __init__(self, engine: Engine, attempt: Attempt, task: Task) -> None:
         self._engine = engine
-        self.dispatch = dispatch
-        self.dispatch_id = dispatch.dispatch_id
+        self.attempt = attempt
+        self.dispatch_id = attempt.dispatch_id
+        self.run_id = attempt.run_id
         self.task = task
         self.scope: anyio.CancelScope | None = None  # set while a worker runs it
         self.cancelled = False
@@ -130,24 +118,9 @@ class _Attempt:
     def is_cancelled(self) -> bool:
         return self.cancelled
 
-    # --- Reporter ------------------------------------------------------------------------------
-
-    def progress(self, fraction: float | None, stage: str | None, message: str | None) -> None:
-        self._engine.report_progress(self.dispatch_id, fraction, stage, message)
-
-    def chunk(self, channel: str, text: str | None, data: bytes | None, mime_type: str | None,
-              terminal: bool, metadata: dict[str, Any] | None) -> None:
-        self._engine.report_chunk(self.dispatch_id, channel, text, data, mime_type, terminal,
-                                  metadata)
-
-    def partial(self, update: dict[str, Any]) -> None:
-        self._engine.report_partial(self.dispatch_id, update)
-
-    def metric(self, name: str, value: float) -> None:
-        self._engine.report_metric(self.dispatch_id, name, value)
-
-    def artifact(self, artifact: dict[str, Any]) -> None:
-        self._engine.report_artifact(self.dispatch_id, artifact)
+    def __call__(self, report: NodeReport) -> None:
+        self._engine.apply(Report(run_id=self.run_id, dispatch_id=self.dispatch_id,
+                                  report=report))
 
 
 class _IdleWorker:
@@ -157,7 +130,7 @@ class _IdleWorker:
 
     def __init__(self) -> None:
         self.event = anyio.Event()
-        self.item: _Attempt | None = None
+        self.item: _Running | None = None
 
 
 class Scheduler:
@@ -166,18 +139,18 @@ class Scheduler:
     def __init__(
         self,
         engine: Engine,
+        config: SchedulerConfig = SchedulerConfig(),
         *,
-        limits: SchedulerLimits | None = None,
         executor_for: Callable[[NodeSpec], Executor] | None = None,
     ) -> None:
         self.engine = engine
-        self.limits = limits or SchedulerLimits()
+        self.limits = config
         if executor_for is None:
-            default = InProcessExecutor(threads=self.limits.parallelism)
+            default = InProcessExecutor(threads=config.parallelism)
             executor_for = lambda spec: default  # noqa: E731
         self._executor_for = executor_for
         self._ready = _ReadyQueue()
-        self._attempts: dict[str, _Attempt] = {}
+        self._attempts: dict[str, _Running] = {}
         self._per_package: defaultdict[str, int] = defaultdict(int)
         self._keys_busy: set[str] = set()
         self._parked: defaultdict[tuple[str, str], deque[Task]] = defaultdict(deque)
@@ -190,7 +163,7 @@ class Scheduler:
         # Attempts run on worker tasks, started as needed (never more than attempts running)
         # and kept: a worker that finishes an attempt takes the next one queued, or waits for
         # one, so starting an attempt is a hand-off rather than a new task.
-        self._queued: deque[_Attempt] = deque()
+        self._queued: deque[_Running] = deque()
         self._idle_workers: list[_IdleWorker] = []
         self._workers = 0
         self._paused = False
@@ -220,7 +193,7 @@ class Scheduler:
             # attempts handed to no worker (the scheduler stopped first) never started
             for attempt in self._queued:
                 self._attempts.pop(attempt.dispatch_id, None)
-                self._release(attempt.task, attempt.dispatch.spec)
+                self._release(attempt.task, attempt.attempt.spec)
             self._queued.clear()
             self._idle_workers.clear()
 
@@ -229,7 +202,7 @@ class Scheduler:
             now = anyio.current_time()
             while self._timers and self._timers[0][0] <= now:
                 _, _, timer = heapq.heappop(self._timers)
-                self.engine.fire_timer(timer)
+                self.engine.apply(timer.command())
                 self._step()
             delay = self._timers[0][0] - now if self._timers else float("inf")
             self._timer_wake = anyio.Event()
@@ -238,35 +211,18 @@ class Scheduler:
 
     # --- what clients call -------------------------------------------------------------------
 
-    def submit(
-        self,
-        workflow: Workflow,
-        graph: Graph,
-        *,
-        client_id: str,
-        definition_hash: str,
-        tenant: str = "default",
-        options: RunOptions | None = None,
-        run_id: str | None = None,
-        document: bytes | None = None,
-        meta: dict[str, Any] | None = None,
-    ) -> Run:
-        """Create a run and start its entry nodes."""
-        run = self.engine.submit(
-            workflow, graph, client_id=client_id, definition_hash=definition_hash,
-            tenant=tenant, options=options, run_id=run_id, document=document, meta=meta,
-        )
-        self._finished.setdefault(run.run_id, anyio.Event())
+    def apply(self, command: Command) -> bool:
+        """Apply a command to the engine (a Submit, a CancelRun...), then start whatever it
+        made ready; returns whether the engine accepted it."""
+        accepted = self.engine.apply(command)
         self._step()
-        return run
+        return accepted
 
     def cancel(self, run_id: str, reason: str = "cancelled by request") -> bool:
         """Cancel a run: running attempts are stopped, the rest is marked cancelled."""
-        changed = self.engine.cancel_run(run_id, reason)
-        self._step()
-        return changed
+        return self.apply(CancelRun(run_id=run_id, reason=reason))
 
-    def set_limits(self, limits: SchedulerLimits) -> None:
+    def set_limits(self, limits: SchedulerConfig) -> None:
         """New limits, live (a config reload); more room is used at once."""
         self.limits = limits
         parked, self._parked = self._parked, defaultdict(deque)
@@ -289,10 +245,11 @@ class Scheduler:
         """Stop every running attempt and queue its node again (journaled by the engine), so
         that it runs after the restart; returns how many were stopped."""
         stopped = 0
-        for dispatch_id, attempt in list(self._attempts.items()):
-            if self.engine.interrupt(dispatch_id, reason):
+        for dispatch_id, running in list(self._attempts.items()):
+            if self.engine.apply(Interrupt(run_id=running.run_id, dispatch_id=dispatch_id,
+                                           reason=reason)):
                 stopped += 1
-            attempt.cancel()
+            running.cancel()
         self.engine.take_effects()  # the Ready effects are for the next start, not this one
         return stopped
 
@@ -364,14 +321,14 @@ class Scheduler:
             if blocked is not None:
                 self._parked[blocked].append(task)
                 continue
-            dispatch = self.engine.dispatch(task)
-            if dispatch is None:
+            attempt = self.engine.dispatch(task)
+            if attempt is None:
                 continue  # no longer ready: cancelled, or its run ended
             self._acquire(task, spec)
-            attempt = _Attempt(self.engine, dispatch, task)
-            self._attempts[dispatch.dispatch_id] = attempt
+            running = _Running(self.engine, attempt, task)
+            self._attempts[attempt.dispatch_id] = running
             self.dispatched += 1
-            self._queued.append(attempt)
+            self._queued.append(running)
             # dispatch() may have set a timeout timer
             for effect in self.engine.take_effects():
                 if isinstance(effect, Timer):
@@ -435,7 +392,7 @@ class Scheduler:
 
     # --- one attempt ---------------------------------------------------------------------------
 
-    async def _worker(self, attempt: _Attempt) -> None:
+    async def _worker(self, attempt: _Running) -> None:
         """Run attempts one after another: the one given, then queued ones, waiting for
         more when there are none (until the scheduler stops).
 
@@ -448,7 +405,7 @@ class Scheduler:
         that whatever was waiting to run has run). Per worker, 32 workers made 32 slices in
         a row, and event subscribers fell behind and were dropped.
         """
-        item: _Attempt | None = attempt
+        item: _Running | None = attempt
         idle: _IdleWorker | None = None
         try:
             while True:
@@ -486,39 +443,39 @@ class Scheduler:
         self._slice_start = _monotonic()
         self._slice_attempts = 0
 
-    async def _run_attempt(self, attempt: _Attempt, scope: anyio.CancelScope) -> None:
+    async def _run_attempt(self, running: _Running, scope: anyio.CancelScope) -> None:
         """Run one attempt in `scope` and hand its outcome to the engine; a cancellation of
         the attempt propagates out of here, to the worker's scope."""
-        dispatch = attempt.dispatch
-        dispatch_id = attempt.dispatch_id
+        attempt = running.attempt
+        run_id, dispatch_id = running.run_id, running.dispatch_id
         engine = self.engine
         try:
-            if attempt.cancelled:
+            if running.cancelled:
                 return  # stopped before it started: the engine has already moved on
-            attempt.scope = scope
-            executor = self._executor_for(dispatch.spec)
-            result = await executor.execute(dispatch, attempt, attempt.is_cancelled)
-            engine.complete(dispatch_id, result)
+            running.scope = scope
+            executor = self._executor_for(attempt.spec)
+            result = await executor.execute(attempt, running, running.is_cancelled)
+            engine.apply(Complete(run_id=run_id, dispatch_id=dispatch_id, result=result))
         except NodeError as exc:
             details = dict(exc.details or {})
             if exc.remediation:
                 details["remediation"] = exc.remediation
-            engine.fail(dispatch_id, ErrorInfo(
-                code=exc.code, message=exc.message, details=details or None))
+            engine.apply(Fail(run_id=run_id, dispatch_id=dispatch_id, code=exc.code,
+                              message=exc.message, details=details or None))
         except AttemptFailed as exc:
-            engine.fail(dispatch_id, exc.error, retryable=exc.retryable)
+            engine.apply(Fail(run_id=run_id, dispatch_id=dispatch_id, code=exc.error.code,
+                              message=exc.error.message, details=exc.error.details,
+                              retryable=exc.retryable))
         except Exception as exc:
-            engine.fail(dispatch_id, ErrorInfo(
-                code=Code.RUNNER_FAILURE,
-                message=f"{type(exc).__name__}: {exc}",
-                details={"traceback": _short_traceback(exc)},
-            ))
+            engine.apply(Fail(run_id=run_id, dispatch_id=dispatch_id, code=Code.RUNNER_FAILURE,
+                              message=f"{type(exc).__name__}: {exc}",
+                              details={"traceback": _short_traceback(exc)}))
         finally:
-            attempt.scope = None  # a later cancel of this attempt must not reach the next
-            if scope.cancel_called and not attempt.cancelled:  # pragma: no cover
+            running.scope = None  # a later cancel of this attempt must not reach the next
+            if scope.cancel_called and not running.cancelled:  # pragma: no cover
                 log.error("attempt %s was cancelled by nobody", dispatch_id)
             self._attempts.pop(dispatch_id, None)
-            self._release(attempt.task, dispatch.spec)
+            self._release(running.task, attempt.spec)
             if not self._attempts:
                 self._idle.set()
             if not self._closing:

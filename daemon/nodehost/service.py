@@ -18,7 +18,7 @@ import logging
 import os
 import socket
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -28,21 +28,19 @@ import uvicorn
 from anyio.abc import TaskStatus
 
 from . import systemd
-from .api import ApiSettings, DaemonApi, NullStore, Store
+from .api import DaemonApi, daemon_host
 from .auth import Authenticator
+from .commands import Forget
 from .config import Config, ConfigError, Listen
-from .embedded import EmbeddedHost
-from .engine import Engine, utc_now
+from .configfile import read_tokens
+from .engine import utc_now
 from .errors import NodehostError
-from .events import Envelope, EventBus
+from .host import Host
 from .http import create_app
-from .journaled import JournaledEngine
 from .plugins import Catalog
-from .recovery import RecoveryReport, Retention, recover, runs_to_forget
-from .runs_index import RunsIndex
+from .recovery import RecoveryReport, Retention, runs_to_forget
 from .store.journal import JournalCorrupt
-from .store.store import Recovered
-from .store.store import Store as Journal
+from .store.store import Recovered, Store
 
 __all__ = ["Daemon", "StartError", "bind_unix"]
 
@@ -130,14 +128,11 @@ def _bind_tcp(listen: Listen) -> socket.socket:
 class Daemon:
     """One nodehost daemon: open() it, run() it, stop() it."""
 
-    def __init__(self, config: Config, catalog: Catalog, *, store: Store | None = None,
+    def __init__(self, config: Config, catalog: Catalog, *,
                  sockets: list[socket.socket] | None = None) -> None:
         self.config = config
         self.catalog = catalog
-        # without a store given, the journal in the state directory (opened by open())
-        self.journal: Journal | None = None
-        self.store: Store = store or NullStore()
-        self._journaled = store is None
+        self.journal: Store | None = None  # in the state directory, opened by open()
         self._recovered: Recovered | None = None
         self._pidfile: str | None = None
         self.recovery: RecoveryReport | None = None
@@ -149,7 +144,7 @@ class Daemon:
         self.transport = "unix"
         self.authenticator: Authenticator | None = None
         self.api: DaemonApi | None = None
-        self.host: EmbeddedHost | None = None
+        self.host: Host | None = None
         self._stop = anyio.Event()
         self._drain_scope: anyio.CancelScope | None = None
         self._stops = 0
@@ -159,7 +154,7 @@ class Daemon:
     def open(self) -> None:
         """Check tokens and listener settings, then bind; ConfigError / StartError if not."""
         config = self.config
-        tokens = config.auth.read_tokens()
+        tokens = read_tokens(config.auth)
         sockets = (self._given_sockets if self._given_sockets is not None
                    else list(systemd.listen_sockets().values()))
         if sockets:
@@ -185,7 +180,7 @@ class Daemon:
         except OSError as exc:
             raise StartError(f"cannot create state directory {state_dir!r}: "
                              f"{exc.strerror}") from None
-        if self._journaled and self.journal is None:
+        if self.journal is None:
             self._open_journal(Path(state_dir))
         self._write_pidfile()
         if sockets:
@@ -216,17 +211,14 @@ class Daemon:
         self._pidfile = path
 
     def _open_journal(self, state_dir: Path) -> None:
-        cfg = self.config.journal
-        journal = Journal(state_dir / "store", fsync=cfg.fsync,
-                          batch_interval=cfg.batch_interval_ms / 1000,
-                          segment_bytes=cfg.segment_mb << 20)
+        journal = Store(state_dir / "store", self.config.journal)
         try:
             self._recovered = journal.open()
         except JournalCorrupt as exc:
             raise StartError(str(exc)) from None
         except OSError as exc:
             raise StartError(f"cannot read the state in {state_dir}: {exc}") from None
-        self.journal = self.store = journal
+        self.journal = journal
 
     # --- running -------------------------------------------------------------------------------
 
@@ -236,36 +228,18 @@ class Daemon:
             self.open()
         assert self.authenticator is not None
         config = self.config
-        events = config.events
-        index = RunsIndex()
-        bus = EventBus(buffer=events.replay_buffer, subscriber_buffer=events.subscriber_buffer)
         journal = self.journal
-        engine_factory: Callable[..., Engine] = Engine
-        if journal is not None:
-            def engine_factory(sink: Callable[[Envelope], None]) -> Engine:
-                return JournaledEngine(append=journal.append, sink=sink)
-        host = self.host = EmbeddedHost.from_config(self.catalog, config, bus=bus,
-                                                    on_event=index.observe,
-                                                    engine_factory=engine_factory)
-        api = self.api = DaemonApi(host, index=index, replay_buffer=events.replay_buffer,
-                                   store=self.store, settings=ApiSettings(
-                                       max_body_bytes=config.api.max_body_bytes,
-                                       heartbeat_seconds=events.heartbeat_seconds,
-                                       write_timeout_seconds=events.write_timeout_seconds,
-                                       idempotency_keys=config.api.idempotency_keys,
-                                       idempotency_ttl_seconds=config.api.idempotency_ttl_seconds,
-                                   ))
+        assert journal is not None
+        host, api = self.host, self.api = daemon_host(config, self.catalog, journal)
         allowed = None
         if self.transport == "tcp":
             allowed = list(config.server.allowed_hosts)
             listen = config.server.address()
             if listen.host:
                 allowed.append(listen.host)
-        if journal is not None and self._recovered is not None:
-            assert isinstance(host.engine, JournaledEngine)
-            self.recovery = recover(host.engine, self._recovered, self.catalog,
-                                    host.document_limits, keep_events=events.replay_buffer)
-            self._recovered = None  # the records are in the engine now
+        if self._recovered is not None:
+            self.recovery = host.recover(self._recovered)
+            self._recovered = None  # the commands are in the engine now
             api.restore(host.engine.runs.values())
         app = create_app(api, authenticator=self.authenticator, allowed_hosts=allowed)
         server = _EmbeddedServer(uvicorn.Config(
@@ -275,12 +249,9 @@ class Daemon:
         ))
         try:
             async with anyio.create_task_group() as keeper:
-                if journal is not None:
-                    # started first and stopped last: it flushes what the host records last
-                    await keeper.start(journal.run)
-                    keeper.start_soon(self._maintain, journal, host, api)
                 try:
                     async with host.running(), anyio.create_task_group() as tg:
+                        keeper.start_soon(self._maintain, journal, host, api)
                         tg.start_soon(server.serve, self._sockets)
                         await server.ready.wait()
                         log.info("nodehost listening on %s (%s)", self.address,
@@ -299,25 +270,24 @@ class Daemon:
                     keeper.cancel_scope.cancel()
         finally:
             self._cleanup()
-            if journal is not None:
-                journal.close()
+            journal.close()
         log.info("nodehost stopped")
 
-    def _status(self, host: EmbeddedHost) -> str:
+    def _status(self, host: Host) -> str:
         """The one-line summary systemctl status shows."""
         runs = host.engine.statistics()
         nodes = host.scheduler.statistics()
         return (f"{runs['runs_active'] - runs['runs_queued']} runs running, "
                 f"{runs['runs_queued']} queued; {nodes['running']} nodes running")
 
-    def _alive(self, host: EmbeddedHost) -> bool:
+    def _alive(self, host: Host) -> bool:
         """What the watchdog vouches for: the scheduler serves and the journal is not stuck."""
         if not host.scheduler.serving:
             return False
         journal = self.journal
         return journal is None or journal.stuck_for() < self.config.server.watchdog_stuck_seconds
 
-    async def _report_to_systemd(self, host: EmbeddedHost) -> None:
+    async def _report_to_systemd(self, host: Host) -> None:
         """WATCHDOG=1 at half of WATCHDOG_USEC while alive, from this event loop (a wedged
         loop stops the pings, and systemd restarts us); STATUS= when it changes."""
         interval = systemd.watchdog_interval()
@@ -335,7 +305,7 @@ class Daemon:
                 systemd.notify("\n".join(message))
             await anyio.sleep(period)
 
-    async def _maintain(self, journal: Journal, host: EmbeddedHost, api: DaemonApi) -> None:
+    async def _maintain(self, journal: Store, host: Host, api: DaemonApi) -> None:
         """Apply retention and write snapshots, so history and recovery time stay bounded."""
         cfg = self.config.retention
         retention = Retention(
@@ -343,18 +313,18 @@ class Daemon:
             max_runs=cfg.max_runs,
         )
         engine = host.engine
-        assert isinstance(engine, JournaledEngine)
         every = self.config.journal.snapshot_every_records
         while True:
-            dropped = engine.forget(runs_to_forget(engine.runs.values(), retention, utc_now()))
-            if dropped:
+            forget = Forget(run_ids=runs_to_forget(engine.runs.values(), retention, utc_now()))
+            if forget.run_ids and host.apply(forget):
+                dropped = forget.run_ids  # those the engine dropped
                 api.forget(dropped)
                 log.info("retention: forgot %d finished run(s)", len(dropped))
             if journal.records_since_snapshot >= every:
                 await journal.compact()
             await anyio.sleep(cfg.check_interval_seconds)
 
-    async def _drain(self, api: DaemonApi, host: EmbeddedHost) -> None:
+    async def _drain(self, api: DaemonApi, host: Host) -> None:
         """Stop admitting runs and starting nodes; let running nodes finish for up to
         `server.drain_seconds`; stop the rest and queue them again (journaled), so they run
         after the restart. Reads and event streams go on meanwhile."""
@@ -381,20 +351,19 @@ class Daemon:
         old = self.config
         host = self.host
         if host is not None:
-            host.scheduler.set_limits(config.scheduler.limits())
+            host.scheduler.set_limits(config.scheduler)
         if self.authenticator is not None and config.auth != old.auth:
-            self.authenticator.replace(config.auth.read_tokens())
+            self.authenticator.replace(read_tokens(config.auth))
         logging.getLogger().setLevel(config.server.log_level.upper())
         restart = [name for name in ("executors", "plugins", "documents", "journal", "events",
                                      "api") if getattr(config, name) != getattr(old, name)]
         if (config.server.listen, config.server.state_dir, config.server.runtime_dir) != (
                 old.server.listen, old.server.state_dir, old.server.runtime_dir):
             restart.append("server (listen, directories)")
-        live = msgspec.structs.replace(old, scheduler=config.scheduler, auth=config.auth,
-                                       retention=config.retention)
-        live.server.log_level = config.server.log_level
-        live.server.drain_seconds = config.server.drain_seconds
-        self.config = live
+        server = msgspec.structs.replace(old.server, log_level=config.server.log_level,
+                                         drain_seconds=config.server.drain_seconds)
+        self.config = msgspec.structs.replace(old, scheduler=config.scheduler, auth=config.auth,
+                                              retention=config.retention, server=server)
         log.info("configuration reloaded%s", f"; needs a restart to change: {', '.join(restart)}"
                  if restart else "")
         return restart

@@ -37,8 +37,9 @@ from .errors import WorkflowInvalid
 from .node_api import Package
 
 if TYPE_CHECKING:  # the host itself is imported on first use: this module loads in every
-    from .embedded import EmbeddedHost  # pytest session where nodehost is installed
-    from .events import Envelope
+    from .events import Envelope  # pytest session where nodehost is installed
+    from .host import Host as _Host
+    from .plugins import Catalog
     from .runstate import Run, Task
 
 __all__ = [
@@ -214,7 +215,6 @@ class Host:
     ) -> tuple[Run, list[Envelope]]:
         import anyio
 
-        from .embedded import prepare
         from .plugins import Catalog
 
         catalog = Catalog()
@@ -222,7 +222,6 @@ class Host:
             catalog.add(package, origin=f"{package.name}=={package.version} (nodehost.testing)")
             if self.executor == "subprocess":
                 _check_importable(package)
-        prepared = prepare(document, catalog)  # WorkflowInvalid before anything starts
         events: list[Envelope] = []
         wanted = anyio.Event()
         broken: list[BaseException] = []
@@ -239,6 +238,7 @@ class Host:
                 wanted.set()
 
         host = self._host(catalog, on_event)
+        prepared = host.prepare(document)  # WorkflowInvalid before anything starts
         limit = self.timeout if timeout is None else timeout
         async with host.running():
             run = host.submit(prepared)
@@ -263,20 +263,15 @@ class Host:
                                f"nodehost_host); node states: {_states(run)}")
         return run, events
 
-    def _host(self, catalog: Any, on_event: Callable[[Envelope], None]) -> EmbeddedHost:
-        from .embedded import EmbeddedHost
+    def _host(self, catalog: Catalog, on_event: Callable[[Envelope], None]) -> _Host:
+        """A host composed as the daemon composes its own, every package on this executor
+        (one warm worker per node type for the subprocess executor)."""
+        from .config import Config, ExecutorsConfig
+        from .host import build_host
 
-        if self.executor == "inprocess":
-            from .executors.inprocess import InProcessExecutor
-
-            inprocess = InProcessExecutor()
-            return EmbeddedHost(catalog, on_event=on_event,
-                                executor_for=lambda spec: inprocess)
-        from .executors.subprocess import SubprocessExecutor
-
-        subprocess = SubprocessExecutor(idle=1)
-        return EmbeddedHost(catalog, on_event=on_event, executor_for=lambda spec: subprocess,
-                            closers=[subprocess.aclose])
+        executors = ExecutorsConfig(default=self.executor,  # type: ignore[arg-type]
+                                    inprocess=[], subprocess=[], idle_workers=1)
+        return build_host(Config(executors=executors), catalog, observers=[on_event])
 
 
 @pytest.fixture(params=EXECUTORS)
@@ -325,40 +320,42 @@ def _unescape(segment: str) -> str:
 
 def _node_outcome(task_id: str, all_events: list[Envelope], task: Task | None) -> NodeOutcome:
     """A node's outcome from its events; `task` (the final state) adds results and metrics."""
+    from .events import NodeResultDeltaEvent, NodeResultSnapshotEvent, NodeStateEvent
+
     outcome = NodeOutcome(task_id=task_id, status="queued")
     attempts_seen: set[int] = set()
     for envelope in all_events:
         data = envelope.data
-        if data.get("taskId") != task_id:
+        if getattr(data, "task_id", None) != task_id:
             continue
         outcome.events.append(envelope)
-        if envelope.type == "node.state":
-            outcome.status = data["status"]
-            outcome.attempts = max(outcome.attempts, data.get("attempt", 0))
-            if data["status"] != "running":
+        if isinstance(data, NodeStateEvent):
+            outcome.status = data.status
+            outcome.attempts = max(outcome.attempts, data.attempt)
+            if data.status != "running":
                 continue
-            if data["attempt"] not in attempts_seen:  # the attempt starting, not a report
-                attempts_seen.add(data["attempt"])
+            if data.attempt not in attempts_seen:  # the attempt starting, not a report
+                attempts_seen.add(data.attempt)
                 continue
-            state = data["state"]
-            stage = state.get("stage")
+            state = data.state
+            stage = state.stage
             outcome.progress.append(ProgressReport(
-                state.get("progress"), state.get("message"), None if stage == "running" else stage,
+                state.progress, state.message, None if stage == "running" else stage,
             ))
-        elif envelope.type == "node.result.delta":
-            path = data["path"]
-            payload = data.get("payload") or {}
+        elif isinstance(data, NodeResultDeltaEvent):
+            path = data.path
+            payload = data.payload or {}
             if path.startswith("/channels/"):
-                channel = data.get("chunkMeta", {}).get("channel") or _unescape(path[10:])
+                channel = data.chunk_meta.channel if data.chunk_meta else _unescape(path[10:])
                 text = payload["text"] if "text" in payload else \
                     base64.b64decode(payload.get("data", ""))
                 outcome.logs.append((channel, text))
-            elif data["operation"] == "replace":
+            elif data.operation == "replace":
                 outcome.partials.append({_unescape(path[1:]): payload.get("value")})
-        elif envelope.type == "node.result.snapshot":
-            outcome.artifacts = list(data.get("artifacts") or [])
-            if data.get("complete") and outcome.status == "succeeded":
-                outcome.result = data.get("content")
+        elif isinstance(data, NodeResultSnapshotEvent):
+            outcome.artifacts = list(data.artifacts)
+            if data.complete and outcome.status == "succeeded":
+                outcome.result = data.content
     if task is not None:
         outcome.status = task.status
         outcome.result = task.result if task.status == "succeeded" else None
@@ -370,7 +367,7 @@ def _node_outcome(task_id: str, all_events: list[Envelope], task: Task | None) -
 
 
 def _workflow_outcome(run: Run | None, events: list[Envelope]) -> WorkflowOutcome:
-    task_ids = dict.fromkeys(e.data["taskId"] for e in events if "taskId" in e.data)
+    task_ids = dict.fromkeys(t for e in events if (t := getattr(e.data, "task_id", None)))
     if run is None:
         nodes = {t: _node_outcome(t, events, None) for t in task_ids}
         return WorkflowOutcome("running", None, nodes, events)

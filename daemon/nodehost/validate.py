@@ -1,4 +1,4 @@
-"""Decode and check workflow documents; compile them into `Graph`s (tier 1: no I/O).
+"""Decode and check workflow documents; compile them into `Graph`s (tier 2: no I/O).
 
 Every problem found is reported at once, each with the JSON path of what is wrong
 (`$.subgraphs[0].definition.edges[3].target.port`), in a `WorkflowInvalid`.
@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import msgspec
 
 from . import collector
 from .bindings import BindingPath, BindingPathError, ScopeRef, parse_path, scope_from_parts
+from .config import DocumentsConfig
 from .errors import Issue, WorkflowInvalid
 from .graph import DataBinding, Graph, GraphNode
 from .model import Binding, Node, Port, StartRunRequest, Workflow
@@ -24,6 +24,7 @@ __all__ = [
     "Limits",
     "compile_workflow",
     "decode_document",
+    "decode_json",
     "decode_with_raw",
     "definition_hash",
     "load_request",
@@ -49,11 +50,7 @@ class SpecSource(Protocol):
     def types(self, package: str, version: str) -> list[str]: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Limits:
-    max_document_bytes: int = 16 * 1024 * 1024
-    max_nodes: int = 200_000  # all nodes at every depth, counted once per container use
-    max_depth: int = 16  # container nesting
+Limits = DocumentsConfig  # what a document may be: the `[documents]` section
 
 
 _SEPARATOR = "::"  # joins frame and node ids into task ids: `<frameId>::<nodeId>`
@@ -67,19 +64,25 @@ def _separator_message(what: str, id: str) -> str:
 _MSGSPEC_PATH = re.compile(r" - at `(\$[^`]*)`$")
 
 
-def decode_document(data: bytes | str | dict[str, Any], what: type, limits: Limits) -> Any:
-    """JSON (or an already parsed dict) into a Struct; problems become a WorkflowInvalid."""
+def decode_json(data: bytes | str, limits: Limits) -> Any:
+    """A JSON document within the size limit, decoded; problems become a WorkflowInvalid."""
     if isinstance(data, str):
         data = data.encode()
-    if isinstance(data, bytes):
-        if len(data) > limits.max_document_bytes:
-            raise WorkflowInvalid([Issue("$", f"document is {len(data)} bytes, over the limit "
-                                               f"of {limits.max_document_bytes}")])
-        try:
-            with collector.disabled():  # JSON decodes to no cycles: nothing to find
-                data = msgspec.json.decode(data)
-        except msgspec.DecodeError as exc:
-            raise WorkflowInvalid([Issue("$", f"not valid JSON: {exc}")]) from None
+    if len(data) > limits.max_document_bytes:
+        raise WorkflowInvalid([Issue("$", f"document is {len(data)} bytes, over the limit "
+                                           f"of {limits.max_document_bytes}")])
+    try:
+        with collector.disabled():  # JSON decodes to no cycles: nothing to find
+            return msgspec.json.decode(data)
+    except msgspec.DecodeError as exc:
+        raise WorkflowInvalid([Issue("$", f"not valid JSON: {exc}")]) from None
+
+
+def decode_document(data: Any, what: type, limits: Limits) -> Any:
+    """JSON (or an already decoded document) into a Struct; problems become a
+    WorkflowInvalid."""
+    if isinstance(data, bytes | str):
+        data = decode_json(data, limits)
     try:
         return msgspec.convert(data, what, strict=True)
     except msgspec.ValidationError as exc:
@@ -88,7 +91,7 @@ def decode_document(data: bytes | str | dict[str, Any], what: type, limits: Limi
 
 
 def decode_with_raw(
-    data: bytes | str | dict[str, Any], what: type, limits: Limits = Limits()
+    data: bytes | str | dict[str, Any], what: type, limits: Limits = DocumentsConfig()
 ) -> tuple[Any, dict[str, Any]]:
     """Like `decode_document`, also returning the document as sent (a dict).
 
@@ -102,14 +105,20 @@ def decode_with_raw(
     return decode_document(raw, what, limits), raw
 
 
-def load_request(data: bytes | str | dict[str, Any], limits: Limits = Limits()) -> StartRunRequest:
+def load_request(
+    data: bytes | str | dict[str, Any], limits: Limits = DocumentsConfig()
+) -> StartRunRequest:
     """Decode a StartRunRequest `{workflow, clientId, options?}`."""
-    return decode_document(data, StartRunRequest, limits)
+    request: StartRunRequest = decode_document(data, StartRunRequest, limits)
+    return request
 
 
-def load_workflow(data: bytes | str | dict[str, Any], limits: Limits = Limits()) -> Workflow:
+def load_workflow(
+    data: bytes | str | dict[str, Any], limits: Limits = DocumentsConfig()
+) -> Workflow:
     """Decode a bare Workflow document."""
-    return decode_document(data, Workflow, limits)
+    workflow: Workflow = decode_document(data, Workflow, limits)
+    return workflow
 
 
 def definition_hash(workflow: Workflow) -> str:
@@ -121,7 +130,7 @@ def definition_hash(workflow: Workflow) -> str:
 
 
 def compile_workflow(
-    workflow: Workflow, catalog: SpecSource, limits: Limits = Limits()
+    workflow: Workflow, catalog: SpecSource, limits: Limits = DocumentsConfig()
 ) -> Graph:
     """Check everything DESIGN.md lists and build the graph; raise WorkflowInvalid if not ok."""
     compiler = _Compiler(workflow, catalog, limits)
@@ -264,8 +273,8 @@ class _Compiler:
             ui = node.ui
             ports = (ui.output_ports if kind == "output" else ui.input_ports) if ui else ()
             by_key = self._ports[(id(node), kind)] = {}
-            for port in ports:
-                by_key.setdefault(port.key, port)  # the first of a duplicated key wins
+            for declared in ports:
+                by_key.setdefault(declared.key, declared)  # the first of a duplicated key wins
         port = by_key.get(key)
         if port is not None:
             return port

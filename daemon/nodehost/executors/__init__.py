@@ -14,10 +14,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..errors import rebuild
 from ..model import ErrorInfo
 
 if TYPE_CHECKING:
-    from ..engine import Dispatch
+    from ..engine import Attempt
     from ..node_api import Reporter
 
 __all__ = ["AttemptFailed", "Executor"]
@@ -31,12 +32,15 @@ class AttemptFailed(Exception):
         self.error = error
         self.retryable = retryable
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (rebuild, (type(self), (self.error,), {"retryable": self.retryable}))
+
 
 class Executor(Protocol):
     """Runs attempts; one instance serves many attempts at once."""
 
     async def execute(
-        self, dispatch: Dispatch, reporter: Reporter, is_cancelled: Callable[[], bool]
+        self, attempt: Attempt, reporter: Reporter, is_cancelled: Callable[[], bool]
     ) -> dict[str, Any]:
         """Run the attempt to its end and return the results (see the module docstring)."""
         ...

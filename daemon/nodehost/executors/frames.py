@@ -1,7 +1,8 @@
 """The frames between the host and a worker process: msgpack, each behind a 4-byte length.
 
 Host to worker: `Start` (one attempt). Worker to host: `Hello` once it has imported the
-node function, then `Report`s while the attempt runs, then one `Done` or `Failed`.
+node function, then what the node reports (`reports.NodeReport`, as it is) while the
+attempt runs, then one `Done` or `Failed`. All are msgpack arrays with a tag.
 A worker runs one attempt at a time; cancelling an attempt kills the worker's process group.
 """
 
@@ -12,12 +13,13 @@ from typing import Any
 
 import msgspec
 
+from ..reports import Artifact, Chunk, Metric, Partial, Progress
+
 __all__ = [
     "MAX_FRAME",
     "Done",
     "Failed",
     "Hello",
-    "Report",
     "Start",
     "ToHost",
     "decode_to_host",
@@ -31,7 +33,7 @@ _HEADER = struct.Struct(">I")
 header = _HEADER
 
 
-class Start(msgspec.Struct, tag="start", frozen=True):
+class Start(msgspec.Struct, tag="start", frozen=True, array_like=True):
     dispatch_id: str
     run_id: str
     node_id: str
@@ -40,23 +42,16 @@ class Start(msgspec.Struct, tag="start", frozen=True):
     parameters: dict[str, Any]
 
 
-class Hello(msgspec.Struct, tag="hello", frozen=True):
+class Hello(msgspec.Struct, tag="hello", frozen=True, array_like=True):
     pid: int
     python: str
 
 
-class Report(msgspec.Struct, tag="report", frozen=True):
-    """One Reporter call: `kind` is its method name, `args` its positional arguments."""
-
-    kind: str
-    args: list[Any]
-
-
-class Done(msgspec.Struct, tag="done", frozen=True):
+class Done(msgspec.Struct, tag="done", frozen=True, array_like=True):
     result: dict[str, Any]
 
 
-class Failed(msgspec.Struct, tag="failed", frozen=True):
+class Failed(msgspec.Struct, tag="failed", frozen=True, array_like=True):
     code: str
     message: str
     details: dict[str, Any] | None = None
@@ -64,7 +59,7 @@ class Failed(msgspec.Struct, tag="failed", frozen=True):
     raised: bool = True  # raised by the node (NodeError) rather than found by the host
 
 
-ToHost = Hello | Report | Done | Failed
+ToHost = Hello | Done | Failed | Progress | Chunk | Partial | Metric | Artifact
 
 _encoder = msgspec.msgpack.Encoder()
 _to_host = msgspec.msgpack.Decoder(ToHost)

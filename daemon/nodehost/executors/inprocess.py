@@ -24,8 +24,9 @@ from ..node_api import Context
 from . import AttemptFailed
 
 if TYPE_CHECKING:
-    from ..engine import Dispatch
+    from ..engine import Attempt
     from ..node_api import NodeSpec, Reporter
+    from ..reports import NodeReport
 
 __all__ = ["InProcessExecutor", "decode_parameters", "encode_results"]
 
@@ -54,66 +55,49 @@ def encode_results(spec: NodeSpec, value: Any) -> dict[str, Any]:
         ) from None
 
 
-class _ThreadReporter:
-    """Forwards a worker thread's reports to the event loop; drops them once it is gone."""
+def _from_thread(reporter: Reporter) -> Reporter:
+    """A reporter for a worker thread: hands each report to the event loop (the engine is
+    not thread-safe), and drops it once the loop is gone (nobody is listening any more)."""
 
-    __slots__ = ("_inner",)
-
-    def __init__(self, inner: Reporter) -> None:
-        self._inner = inner
-
-    def _call(self, fn: Callable[..., None], *args: Any) -> None:
+    def report(report: NodeReport) -> None:
         try:
-            anyio.from_thread.run_sync(fn, *args)
+            anyio.from_thread.run_sync(reporter, report)
         except RuntimeError:
-            pass  # the event loop has shut down: nobody is listening any more
+            pass
 
-    def progress(self, fraction: float | None, stage: str | None, message: str | None) -> None:
-        self._call(self._inner.progress, fraction, stage, message)
-
-    def chunk(self, channel: str, text: str | None, data: bytes | None, mime_type: str | None,
-              terminal: bool, metadata: dict[str, Any] | None) -> None:
-        self._call(self._inner.chunk, channel, text, data, mime_type, terminal, metadata)
-
-    def partial(self, update: dict[str, Any]) -> None:
-        self._call(self._inner.partial, update)
-
-    def metric(self, name: str, value: float) -> None:
-        self._call(self._inner.metric, name, value)
-
-    def artifact(self, artifact: dict[str, Any]) -> None:
-        self._call(self._inner.artifact, artifact)
+    return report
 
 
 class InProcessExecutor:
-    """Runs node functions in this process; `threads` bounds the sync nodes run at once."""
+    """Runs node functions in this process; `threads` bounds the sync nodes run at once (the
+    composition root gives it the scheduler's parallelism)."""
 
-    def __init__(self, *, threads: int = 16) -> None:
+    def __init__(self, *, threads: int) -> None:
         self._limiter = anyio.CapacityLimiter(threads)
 
     async def execute(
-        self, dispatch: Dispatch, reporter: Reporter, is_cancelled: Callable[[], bool]
+        self, attempt: Attempt, reporter: Reporter, is_cancelled: Callable[[], bool]
     ) -> dict[str, Any]:
-        spec = dispatch.spec
-        params = decode_parameters(spec, dispatch.parameters)
+        spec = attempt.spec
+        params = decode_parameters(spec, attempt.parameters)
         if spec.is_async:
-            ctx = _context(dispatch, reporter, is_cancelled)
+            ctx = _context(attempt, reporter, is_cancelled)
             value = await spec.fn(ctx, params)
         else:
-            ctx = _context(dispatch, _ThreadReporter(reporter), is_cancelled)
+            ctx = _context(attempt, _from_thread(reporter), is_cancelled)
             value = await anyio.to_thread.run_sync(
                 partial(spec.fn, ctx, params), abandon_on_cancel=True, limiter=self._limiter
             )
         return encode_results(spec, value)
 
 
-def _context(dispatch: Dispatch, reporter: Reporter, is_cancelled: Callable[[], bool]) -> Context:
+def _context(attempt: Attempt, reporter: Reporter, is_cancelled: Callable[[], bool]) -> Context:
     return Context(
-        run_id=dispatch.run_id,
-        node_id=dispatch.node_id,
-        task_id=dispatch.task_id,
-        attempt=dispatch.attempt,
-        spec=dispatch.spec,
+        run_id=attempt.run_id,
+        node_id=attempt.node_id,
+        task_id=attempt.task_id,
+        attempt=attempt.attempt,
+        spec=attempt.spec,
         reporter=reporter,
         is_cancelled=is_cancelled,
     )

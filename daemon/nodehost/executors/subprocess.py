@@ -21,13 +21,15 @@ import anyio.lowlevel
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+from ..config import ExecutorsConfig
 from ..errors import Code
 from ..model import ErrorInfo
+from ..reports import Chunk
 from . import AttemptFailed
-from .frames import MAX_FRAME, Done, Failed, Hello, Report, Start, decode_to_host, encode, header
+from .frames import MAX_FRAME, Done, Failed, Hello, Start, ToHost, decode_to_host, encode, header
 
 if TYPE_CHECKING:
-    from ..engine import Dispatch
+    from ..engine import Attempt
     from ..node_api import NodeSpec, Reporter
 
 __all__ = ["SubprocessExecutor"]
@@ -35,7 +37,6 @@ __all__ = ["SubprocessExecutor"]
 # what systemd hands the daemon is not for node processes (they must never ping or notify)
 _SCRUB = frozenset({"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_PID", "LISTEN_FDS",
                     "LISTEN_FDNAMES"})
-_REPORTS = frozenset({"progress", "chunk", "partial", "metric", "artifact"})
 _Key = tuple[str, str, str, str, str]
 
 
@@ -59,7 +60,7 @@ class _Worker:
         except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
             raise _WorkerGone from exc
 
-    async def receive(self) -> Any:
+    async def receive(self) -> ToHost:
         try:
             (size,) = header.unpack(await self.frames.receive_exactly(header.size))
             if size > MAX_FRAME:
@@ -70,27 +71,27 @@ class _Worker:
 
 
 class SubprocessExecutor:
-    """Runs attempts in worker processes, `idle` warm workers kept per node type."""
+    """Runs attempts in worker processes as the `[executors]` section says: `idle_workers`
+    warm ones kept per node type, `memory_limit_mb` each, `kill_grace_seconds` between
+    SIGTERM and SIGKILL when one is stopped."""
 
     def __init__(
         self,
+        config: ExecutorsConfig = ExecutorsConfig(),
         *,
-        idle: int = 2,
-        memory_limit_mb: int | None = None,
-        kill_grace: float = 1.0,
         python: str = sys.executable,
     ) -> None:
-        self.idle = idle
-        self.memory_limit_mb = memory_limit_mb
-        self.kill_grace = kill_grace
+        self.idle = config.idle_workers
+        self.memory_limit_mb = config.memory_limit_mb
+        self.kill_grace = config.kill_grace_seconds
         self.python = python
         self._idle: defaultdict[_Key, list[_Worker]] = defaultdict(list)
         self.started = 0
 
     async def execute(
-        self, dispatch: Dispatch, reporter: Reporter, is_cancelled: Callable[[], bool]
+        self, attempt: Attempt, reporter: Reporter, is_cancelled: Callable[[], bool]
     ) -> dict[str, Any]:
-        spec = dispatch.spec
+        spec = attempt.spec
         key = _key(spec)
         pool = self._idle[key]
         worker = pool.pop() if pool else await self._spawn(key, spec)
@@ -100,9 +101,9 @@ class SubprocessExecutor:
                 tg.start_soon(self._forward_stderr, worker, reporter)
                 try:
                     await worker.send(Start(
-                        dispatch_id=dispatch.dispatch_id, run_id=dispatch.run_id,
-                        node_id=dispatch.node_id, task_id=dispatch.task_id,
-                        attempt=dispatch.attempt, parameters=dispatch.parameters,
+                        dispatch_id=attempt.dispatch_id, run_id=attempt.run_id,
+                        node_id=attempt.node_id, task_id=attempt.task_id,
+                        attempt=attempt.attempt, parameters=attempt.parameters,
                     ))
                     outcome = await self._follow(worker, reporter)
                 except _WorkerGone:
@@ -138,11 +139,10 @@ class SubprocessExecutor:
     async def _follow(self, worker: _Worker, reporter: Reporter) -> Done | Failed:
         while True:
             message = await worker.receive()
-            if isinstance(message, Report):
-                if message.kind in _REPORTS:
-                    getattr(reporter, message.kind)(*message.args)
-            elif isinstance(message, Done | Failed):
+            if isinstance(message, Done | Failed):
                 return message
+            if not isinstance(message, Hello):
+                reporter(message)  # a NodeReport, for the engine as it came
 
     async def _forward_stderr(self, worker: _Worker, reporter: Reporter) -> None:
         """What the node writes to stderr (or prints) becomes its "stderr" log channel."""
@@ -152,12 +152,11 @@ class SubprocessExecutor:
                 pending += data
                 if b"\n" in pending:
                     text, _, pending = pending.rpartition(b"\n")
-                    reporter.chunk("stderr", text.decode(errors="replace") + "\n", None, None,
-                                   False, None)
+                    reporter(Chunk("stderr", text.decode(errors="replace") + "\n"))
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass
         if pending:
-            reporter.chunk("stderr", pending.decode(errors="replace"), None, None, False, None)
+            reporter(Chunk("stderr", pending.decode(errors="replace")))
 
     # --- worker lifecycle ----------------------------------------------------------------------
 

@@ -19,9 +19,9 @@ import anyio
 import msgspec
 
 from ..errors import Code, NodeError
-from ..node_api import Context, NodeSpec, Package
+from ..node_api import Context, NodeSpec, Package, Reporter
 from . import AttemptFailed
-from .frames import Done, Failed, Hello, Report, Start, decode_to_worker, encode, header
+from .frames import Done, Failed, Hello, Start, decode_to_worker, encode, header
 from .inprocess import decode_parameters, encode_results
 
 __all__ = ["main"]
@@ -35,33 +35,11 @@ class _FrameWriter:
         self._lock = threading.Lock()
 
     def send(self, message: msgspec.Struct) -> None:
+        """One frame (a NodeReport from a node thread, or the outcome)."""
         data = encode(message)
         with self._lock:
             self._out.write(data)
             self._out.flush()
-
-
-class _PipeReporter:
-    """The Reporter protocol, as frames to the host."""
-
-    def __init__(self, writer: _FrameWriter) -> None:
-        self._send = writer.send
-
-    def progress(self, fraction: float | None, stage: str | None, message: str | None) -> None:
-        self._send(Report("progress", [fraction, stage, message]))
-
-    def chunk(self, channel: str, text: str | None, data: bytes | None, mime_type: str | None,
-              terminal: bool, metadata: dict[str, Any] | None) -> None:
-        self._send(Report("chunk", [channel, text, data, mime_type, terminal, metadata]))
-
-    def partial(self, update: dict[str, Any]) -> None:
-        self._send(Report("partial", [update]))
-
-    def metric(self, name: str, value: float) -> None:
-        self._send(Report("metric", [name, value]))
-
-    def artifact(self, artifact: dict[str, Any]) -> None:
-        self._send(Report("artifact", [artifact]))
 
 
 def load_spec(module: str, qualname: str, package: str, version: str, type: str) -> NodeSpec:
@@ -81,7 +59,7 @@ def _read_exactly(stream: BinaryIO, n: int) -> bytes | None:
     return data
 
 
-def run_attempt(spec: NodeSpec, start: Start, reporter: _PipeReporter) -> Done | Failed:
+def run_attempt(spec: NodeSpec, start: Start, reporter: Reporter) -> Done | Failed:
     ctx = Context(run_id=start.run_id, node_id=start.node_id, task_id=start.task_id,
                   attempt=start.attempt, spec=spec, reporter=reporter)
     try:
@@ -122,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     writer = _FrameWriter(protocol_out)
     spec = load_spec(module, qualname, package, version, type)
     writer.send(Hello(pid=os.getpid(), python=sys.version.split()[0]))
-    reporter = _PipeReporter(writer)
+    reporter = writer.send  # what the node reports goes to the host as it is
     while True:
         head = _read_exactly(protocol_in, header.size)
         if head is None:

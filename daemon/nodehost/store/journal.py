@@ -23,8 +23,9 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from ..errors import NodehostError
+from ..errors import NodehostError, rebuild
 
 __all__ = ["DiskFull", "JournalCorrupt", "JournalWriter", "Segment", "read_journal", "segments"]
 
@@ -44,6 +45,7 @@ class JournalCorrupt(NodehostError):
     def __init__(self, path: Path, offset: int, reason: str) -> None:
         self.path = path
         self.offset = offset
+        self.reason = reason
         super().__init__(
             f"journal {path} is corrupt at byte {offset}: {reason}. nodehost will not start "
             "on damaged history. To proceed, stop the service, copy the state directory "
@@ -51,6 +53,9 @@ class JournalCorrupt(NodehostError):
             f"truncate the file at byte {offset} (losing the records after it) and start "
             "again."
         )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (rebuild, (type(self), (self.path, self.offset, self.reason), {}))
 
 
 class DiskFull(NodehostError):
@@ -78,7 +83,7 @@ def _valid_frame_at(data: bytes | memoryview, offset: int) -> int | None:
     if offset + FRAME.size > len(data):
         return None
     length, crc = FRAME.unpack_from(data, offset)
-    end = offset + FRAME.size + length
+    end: int = offset + FRAME.size + length
     if length == 0 or length > MAX_RECORD or end > len(data):
         return None
     if zlib.crc32(data[offset + FRAME.size:end]) != crc:
@@ -114,7 +119,7 @@ def read_segment(segment: Segment, *, last: bool,
             return [], 0
         raise JournalCorrupt(segment.path, 0, f"bad segment header ({magic!r}, version "
                                               f"{version}, first lsn {first})")
-    payloads = []
+    payloads: list[bytes] = []
     offset = SEGMENT_HEADER.size
     view = memoryview(data)
     while offset < len(data) and (limit is None or len(payloads) < limit):

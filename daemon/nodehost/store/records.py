@@ -1,8 +1,10 @@
-"""Journal records: the engine's inputs, in the order it received them (tier 1: no I/O).
+"""Journal records: the engine's commands, as they are kept on disk (tier 1: no I/O).
 
-The engine is deterministic given its inputs and their timestamps, so journaling the calls
-made on it is enough to rebuild every run exactly, event ids included. Records are msgspec
-arrays with a tag; fields are only ever appended, with defaults (msgspec's schema evolution).
+A record is a `commands.Command`, stamped, as a msgpack array `[tag, ts, seq, ...fields]`.
+The journal format is a contract with installed daemons: journals written by an older
+nodehost must still recover, so the record shapes it wrote are decoded here too, and
+turned into today's commands (`_ReportV1`, the report record of nodehost 0.1 up to c244de0:
+`kind` named an engine method and `args` were its arguments).
 """
 
 from __future__ import annotations
@@ -12,111 +14,52 @@ from typing import Any
 
 import msgspec
 
-__all__ = [
-    "CancelRun",
-    "Complete",
-    "Dispatch",
-    "Fail",
-    "FireTimer",
-    "Forget",
-    "Interrupt",
-    "Record",
-    "Report",
-    "Submit",
-    "decode_record",
-    "encode_record",
-]
+from ..commands import Command, Report
+from ..reports import Artifact, Chunk, Metric, NodeReport, Partial, Progress
+
+__all__ = ["Record", "decode_record", "encode_record"]
+
+Record = Command
 
 
-# gc=False: records hold JSON-like data and never take part in reference cycles, so the
-# garbage collector need not track them (recovery holds every record of the history).
-class _Base(msgspec.Struct, array_like=True, tag_field="k", frozen=True, gc=False):
-    ts: datetime  # the engine's clock during the call
-    seq: int  # the event sequence before the call: ids stay the same after compaction
-
-
-class Submit(_Base, tag="submit"):
-    run_id: str
-    tenant: str
-    client_id: str
-    # the workflow as it was sent (a msgpack map), kept encoded: it is written as it was
-    # received and decoded straight into a Workflow by the replay
-    workflow: msgspec.Raw
-    definition_hash: str
-    options: dict[str, Any] = {}
-    meta: dict[str, Any] | None = None
-
-
-class Dispatch(_Base, tag="dispatch"):
-    run_id: str
-    task_id: str
-    dispatch_seq: int  # the number in the dispatch id it was given
-
-
-class Complete(_Base, tag="complete"):
-    run_id: str
-    dispatch_id: str
-    result: dict[str, Any]
-
-
-class Fail(_Base, tag="fail"):
-    run_id: str
-    dispatch_id: str
-    code: str
-    message: str
-    details: dict[str, Any] | None = None
-    retryable: bool = True
-
-
-class Interrupt(_Base, tag="interrupt"):
-    """The host stopped an attempt at shutdown; the node is queued again."""
-
-    run_id: str
-    dispatch_id: str
-    reason: str
-
-
-class FireTimer(_Base, tag="timer"):
-    run_id: str
-    task_id: str
-    kind: str
-    fence: int
-
-
-class CancelRun(_Base, tag="cancel"):
-    run_id: str
-    reason: str
-
-
-class Report(_Base, tag="report"):
-    """A report from a running attempt: `kind` is the engine method (`progress`, ...)."""
-
+class _ReportV1(msgspec.Struct, array_like=True, tag_field="k", tag="report", gc=False):
+    ts: datetime
+    seq: int
     run_id: str
     dispatch_id: str
     kind: str
     args: list[Any]
 
+    def upgrade(self) -> Report:
+        report: NodeReport
+        match self.kind:
+            case "progress":
+                report = Progress(*self.args)
+            case "chunk":
+                report = Chunk(*self.args)
+            case "partial":
+                report = Partial(*self.args)
+            case "metric":
+                report = Metric(*self.args)
+            case "artifact":
+                report = Artifact(*self.args)
+            case _:
+                raise msgspec.ValidationError(f"unknown report kind {self.kind!r}")
+        return Report(ts=self.ts, seq=self.seq, run_id=self.run_id,
+                      dispatch_id=self.dispatch_id, report=report)
 
-class Forget(_Base, tag="forget"):
-    """Finished runs dropped by retention (compaction leaves their records out)."""
-
-    run_ids: list[str]
-
-    @property
-    def run_id(self) -> str:
-        return ""
-
-
-Record = (Submit | Dispatch | Complete | Fail | FireTimer | CancelRun | Report | Forget
-          | Interrupt)
 
 _encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(Record)
+_decoder = msgspec.msgpack.Decoder(Command | _ReportV1)
 
 
-def encode_record(record: Record) -> bytes:
+def encode_record(record: Command) -> bytes:
+    assert record.ts is not None, "only a stamped command (one the engine applied) is a record"
     return _encoder.encode(record)
 
 
-def decode_record(data: bytes) -> Record:
-    return _decoder.decode(data)
+def decode_record(data: bytes) -> Command:
+    record: Command | _ReportV1 = _decoder.decode(data)
+    if isinstance(record, _ReportV1):
+        return record.upgrade()
+    return record

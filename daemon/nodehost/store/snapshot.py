@@ -15,7 +15,9 @@ import struct
 import tempfile
 import zlib
 from pathlib import Path
+from typing import Any
 
+from ..errors import rebuild
 from .journal import _fsync_dir, _write_all
 
 __all__ = ["SnapshotCorrupt", "list_snapshots", "read_newest", "write_snapshot"]
@@ -31,11 +33,15 @@ class SnapshotCorrupt(Exception):
     def __init__(self, path: Path, reason: str) -> None:
         super().__init__(f"snapshot {path}: {reason}")
         self.path = path
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (rebuild, (type(self), (self.path, self.reason), {}))
 
 
 def list_snapshots(directory: Path) -> list[tuple[int, Path]]:
     """(lsn, path) of every snapshot, oldest first; leftover temp files are removed."""
-    found = []
+    found: list[tuple[int, Path]] = []
     if not directory.exists():
         return found
     for entry in directory.iterdir():

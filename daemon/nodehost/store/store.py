@@ -25,9 +25,11 @@ import msgspec
 from anyio.abc import TaskStatus
 
 from .. import collector
+from ..commands import Forget
+from ..config import JournalConfig
 from ..errors import NodehostError
 from .journal import DiskFull, JournalWriter, read_journal
-from .records import Forget, Record, decode_record, encode_record
+from .records import Record, decode_record, encode_record
 from .snapshot import read_newest, write_snapshot
 
 __all__ = ["Recovered", "Store", "StoreFailed"]
@@ -49,20 +51,21 @@ class Recovered:
 
 
 class Store:
+    """The journal and snapshots under `directory`, written as the `[journal]` section says."""
+
     def __init__(
         self,
         directory: Path,
+        config: JournalConfig = JournalConfig(),
         *,
-        fsync: Literal["always", "batch"] = "batch",
-        batch_interval: float = 0.002,
-        segment_bytes: int = 64 << 20,
         full_retry_interval: float = 1.0,
+        segment_bytes: int | None = None,  # smaller segments than the config allows (tests)
     ) -> None:
         self.directory = directory
-        self.fsync = fsync
-        self.batch_interval = batch_interval
+        self.fsync: Literal["always", "batch"] = config.fsync
+        self.batch_interval = config.batch_interval_ms / 1000
         self.full_retry_interval = full_retry_interval
-        self._segment_bytes = segment_bytes
+        self._segment_bytes = segment_bytes or config.segment_mb << 20
         self._writer: JournalWriter | None = None
         self._wake = anyio.Event()
         self._flushed = anyio.Event()

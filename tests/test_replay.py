@@ -1,9 +1,8 @@
-"""The journaled engine: replaying its records rebuilds every run and every event exactly."""
+"""The journal of commands: applying it again rebuilds every run and every event exactly."""
 
 from __future__ import annotations
 
 import gc
-import random
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +12,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from builders import CATALOG, Driver, compile_doc, container, edge, node, subgraph, workflow
-from nodehost.engine import Ready
-from nodehost.journaled import JournaledEngine
+from builders import CATALOG, Driver, container, edge, node, subgraph, workflow
+from nodehost.documents import Documents
+from nodehost.engine import Engine, Ready
+from nodehost.recovery import replay
+from nodehost.reports import Chunk, Metric, Partial, Progress
 from nodehost.runstate import Task, run_summary
 from nodehost.store.records import decode_record, encode_record
 from nodehost.store.store import Store
@@ -23,25 +24,28 @@ from test_engine_properties import documents
 
 
 class JournaledDriver(Driver):
-    """The test Driver on a JournaledEngine whose records round-trip through msgpack."""
+    """The test Driver whose engine records its commands, round-tripped through msgpack."""
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
         self.records: list[Any] = []
-        self.engine = JournaledEngine(
-            append=lambda r: self.records.append(decode_record(encode_record(r))),
-            clock=lambda: self.now, sink=self.envelopes.append, rng=random.Random(7),
-        )
+        self.engine.recorder = lambda r: self.records.append(decode_record(encode_record(r)))
 
 
-def replayed(d: JournaledDriver) -> tuple[JournaledEngine, list[Any]]:
+def fresh_engine(envelopes: list[Any] | None = None) -> Engine:
+    """An empty engine, as a restarted host has (its own compiler, no recorder)."""
+    return Engine(compile=Documents(CATALOG),
+                  sink=envelopes.append if envelopes is not None else None)
+
+
+def replayed(d: JournaledDriver) -> tuple[Engine, list[Any]]:
     envelopes: list[Any] = []
-    engine = JournaledEngine(append=lambda r: None, sink=envelopes.append)
-    engine.replay(d.records, lambda wf: compile_doc(msgspec.to_builtins(wf), CATALOG)[1])
+    engine = fresh_engine(envelopes)
+    replay(engine, d.records)
     return engine, envelopes
 
 
-def state(engine: JournaledEngine) -> Any:
+def state(engine: Engine) -> Any:
     return {run_id: msgspec.to_builtins(run_summary(run)) for run_id, run in engine.runs.items()}
 
 
@@ -66,11 +70,11 @@ def test_replay_rebuilds_runs_and_events_exactly(doc: dict[str, Any], data: st.D
             continue
         attempt = data.draw(st.sampled_from(list(d.running.values())))
         if action == "report":
-            d.engine.report_progress(attempt.dispatch_id, 0.5, "half", "msg")
-            d.engine.report_chunk(attempt.dispatch_id, "log", "line", b"\x00", "x/y", False,
-                                  {"k": 1})
-            d.engine.report_partial(attempt.dispatch_id, {"p": [1, 2]})
-            d.engine.report_metric(attempt.dispatch_id, "m", 2.5)
+            d.report(attempt.dispatch_id, Progress(0.5, "half", "msg"))
+            d.report(attempt.dispatch_id, Chunk("log", "line", b"\x00", "x/y", False,
+                                  {"k": 1}))
+            d.report(attempt.dispatch_id, Partial({"p": [1, 2]}))
+            d.report(attempt.dispatch_id, Metric("m", 2.5))
         elif action == "complete":
             d.complete(attempt.task_id, {"ok": attempt.attempt})
         else:
@@ -91,7 +95,7 @@ def test_resume_fails_interrupted_nodes_or_retries_idempotent_ones() -> None:
     run = d.submit(doc)
     assert sorted(d.running_ids()) == ["a", "b"]
     engine, _ = replayed(d)
-    engine._append = d.records.append  # journal what resume decides
+    engine.recorder = d.records.append  # journal what resume decides
     # pretend b's node type is idempotent and a's is not
     restored = engine.runs[run.run_id]
     restored.tasks["b"].g.idempotent = True
@@ -111,7 +115,7 @@ def test_event_ids_survive_compaction_of_forgotten_runs() -> None:
     first = d.submit(workflow([node("x")], []))
     d.run()
     second = d.submit(workflow([node("y")], []))
-    assert d.engine.forget([first.run_id]) == [first.run_id]
+    assert d.forget([first.run_id]) == [first.run_id]
     kept = [r for r in d.records if getattr(r, "run_id", None) != first.run_id]
     d.records[:] = kept
     engine, envelopes = replayed(d)
@@ -136,7 +140,7 @@ def test_a_forgotten_run_is_freed_at_once() -> None:
         d.run()
         assert d.engine.runs[run_id].status == "succeeded"
         before = tasks_alive()
-        assert d.engine.forget([run_id]) == [run_id]
+        assert d.forget([run_id]) == [run_id]
         assert tasks_alive() == before - 4  # c, after, and x, y of the frame c ran
     finally:
         gc.enable()
@@ -148,20 +152,20 @@ async def test_compaction_keeps_retained_runs_and_bounds_the_history(tmp_path: P
     store = Store(tmp_path, segment_bytes=4096)
     store.open()
     d = JournaledDriver()
-    d.engine._append = store.append
+    d.engine.recorder = store.append
     old = [d.submit(workflow([node("x"), node("y")], [edge("x", "y")])) for _ in range(20)]
     d.run()
     kept = d.submit(workflow([node("z")], []))
     first_segment = tmp_path / "journal" / f"{1:020d}.journal"
     async with anyio.create_task_group() as tg:
         await tg.start(store.run)
-        d.engine.forget([r.run_id for r in old])
+        d.forget([r.run_id for r in old])
         await store.compact()
         assert first_segment.exists()  # the newest snapshot's fallback still needs it
         d.advance(1)
         d.submit(workflow([node("w")], []))
         d.run()
-        d.engine.forget([r.run_id for r in d.engine.runs.values() if r.run_id != kept.run_id])
+        d.forget([r.run_id for r in d.engine.runs.values() if r.run_id != kept.run_id])
         await store.compact()
         tg.cancel_scope.cancel()
     store.close()
@@ -170,8 +174,8 @@ async def test_compaction_keeps_retained_runs_and_bounds_the_history(tmp_path: P
     recovered = again.open()
     again.close()
     assert {getattr(r, "run_id", None) for r in recovered.records} == {kept.run_id}
-    engine = JournaledEngine(append=lambda r: None)
-    engine.replay(recovered.records, lambda wf: compile_doc(msgspec.to_builtins(wf), CATALOG)[1])
+    engine = fresh_engine()
+    replay(engine, recovered.records)
     assert state(engine) == {kept.run_id: state(d.engine)[kept.run_id]}
 
 
@@ -206,9 +210,8 @@ def test_a_replay_builds_only_the_events_a_buffer_can_still_hold() -> None:
         d.submit(workflow([node("a"), node("b"), node("c")], [edge("a", "b"), edge("b", "c")]))
         d.run()
     envelopes: list[Any] = []
-    engine = JournaledEngine(append=lambda r: None, sink=envelopes.append)
-    engine.replay(d.records, lambda wf: compile_doc(msgspec.to_builtins(wf), CATALOG)[1],
-                  keep_events=10)
+    engine = fresh_engine(envelopes)
+    replay(engine, d.records, keep_events=10)
     assert state(engine) == state(d.engine)
     assert engine.event_seq == d.engine.event_seq
     assert 10 <= len(envelopes) < len(d.envelopes)

@@ -1,0 +1,172 @@
+"""The composition root of a host: `build_host(config, catalog)` (tier 4).
+
+One function wires a catalog, the documents it admits, the engine, its recorder (the
+journal, when given), the event bus, the scheduler and the executors from a Config. The
+daemon (`service`), `nodehost run`, the test kit for package authors (`nodehost.testing`),
+the benchmarks and the test suite all build their hosts with it, so what is measured and
+tested is what the daemon runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+import anyio
+import msgspec
+
+from .bus import EventBus
+from .commands import Command, Submit
+from .config import Config
+from .documents import Documents, Prepared
+from .engine import Engine, utc_now
+from .events import Envelope
+from .executors import Executor
+from .executors.inprocess import InProcessExecutor
+from .executors.subprocess import SubprocessExecutor
+from .model import RunOptions
+from .node_api import NodeSpec
+from .plugins import Catalog
+from .recovery import RecoveryReport, recover
+from .runstate import Run
+from .scheduler import Scheduler
+from .store.store import Recovered, Store
+
+__all__ = ["Host", "build_host"]
+
+log = logging.getLogger(__name__)
+
+Observer = Callable[[Envelope], None]
+
+
+class Host:
+    """A composed host: everything needed to run workflows in this process. Made by
+    `build_host`; `async with host.running():` serves, `host.submit(...)` starts runs."""
+
+    def __init__(self, *, config: Config, catalog: Catalog, documents: Documents,
+                 engine: Engine, bus: EventBus, scheduler: Scheduler,
+                 executors: dict[str, Executor], store: Store | None,
+                 closers: list[Callable[[], Awaitable[None]]]) -> None:
+        self.config = config
+        self.catalog = catalog
+        self.documents = documents
+        self.engine = engine
+        self.bus = bus
+        self.scheduler = scheduler
+        self.executors = executors
+        self.store = store
+        self._closers = closers
+
+    def prepare(self, data: bytes | str | dict[str, Any]) -> Prepared:
+        """Decode, check and compile a document; WorkflowInvalid with every problem."""
+        return self.documents.prepare(data)
+
+    def submit(
+        self,
+        document: Prepared | bytes | str | dict[str, Any],
+        *,
+        tenant: str = "default",
+        options: RunOptions | None = None,
+        meta: dict[str, Any] | None = None,
+        run_id: str | None = None,
+    ) -> Run:
+        """Start a run (preparing the document first if need be: WorkflowInvalid if bad).
+
+        `meta` is kept with the run (and journaled with it): what the API needs to
+        remember about the submission, such as its Idempotency-Key."""
+        prepared = document if isinstance(document, Prepared) else self.prepare(document)
+        request = prepared.request
+        run_id = run_id or str(uuid.uuid4())
+        accepted = self.scheduler.apply(Submit(
+            run_id=run_id, tenant=tenant, client_id=request.client_id,
+            workflow=msgspec.Raw(prepared.document), definition_hash=prepared.definition_hash,
+            options=options or request.options, meta=meta,
+        ))
+        if not accepted:
+            raise ValueError(f"run {run_id} exists already")
+        return self.engine.runs[run_id]
+
+    def apply(self, command: Command) -> bool:
+        """Apply a command (a CancelRun, a Forget...) and start what it made ready."""
+        return self.scheduler.apply(command)
+
+    async def run(self, document: Prepared | bytes | str | dict[str, Any],
+                  **kw: Any) -> Run:
+        """Submit and wait for the run to finish (the host must be `running()`)."""
+        run = self.submit(document, **kw)
+        return await self.scheduler.wait_run(run.run_id)
+
+    def recover(self, recovered: Recovered) -> RecoveryReport:
+        """Apply the history the store read (before `running()`), and settle what the
+        restart interrupted; the replay buffer gets the newest events back."""
+        return recover(self.engine, recovered.records, seconds=recovered.seconds,
+                       keep_events=self.config.events.replay_buffer)
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Host]:
+        """Serve for the duration of the block: the journal's commit loop (started first and
+        stopped last, so that it writes what the host records last) and the scheduler.
+        At exit, what runs is cancelled and the executors are closed."""
+        async with anyio.create_task_group() as outer:
+            if self.store is not None:
+                await outer.start(self.store.run)
+            try:
+                async with anyio.create_task_group() as inner:
+                    await inner.start(self.scheduler.run)
+                    try:
+                        yield self
+                    finally:
+                        inner.cancel_scope.cancel()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    for close in self._closers:
+                        await close()
+                outer.cancel_scope.cancel()
+
+
+def build_host(
+    config: Config,
+    catalog: Catalog,
+    *,
+    store: Store | None = None,
+    observers: Iterable[Observer] = (),
+    now: Callable[[], datetime] = utc_now,
+) -> Host:
+    """A host as `config` describes it. With `store` (opened), every accepted command is
+    journaled there; `observers` see every event envelope after the bus does (an observer
+    that raises is logged, never allowed to break a state transition)."""
+    bus = EventBus(config.events)
+    publish = bus.publish_nowait
+    watchers = list(observers)
+    if not watchers:
+        sink: Observer = publish
+    else:
+        def sink(envelope: Envelope) -> None:
+            publish(envelope)
+            for watch in watchers:
+                try:
+                    watch(envelope)
+                except Exception:
+                    log.exception("event observer failed on envelope %s", envelope.id)
+
+    documents = Documents(catalog, config.documents)
+    engine = Engine(compile=documents, recorder=store.append if store is not None else None,
+                    sink=sink, now=now)
+    routes = config.executors
+    subprocess = SubprocessExecutor(routes)
+    executors: dict[str, Executor] = {
+        "inprocess": InProcessExecutor(threads=config.scheduler.parallelism),
+        "subprocess": subprocess,
+    }
+
+    def executor_for(spec: NodeSpec) -> Executor:
+        return executors[routes.kind_for(spec.package)]
+
+    scheduler = Scheduler(engine, config.scheduler, executor_for=executor_for)
+    return Host(config=config, catalog=catalog, documents=documents, engine=engine, bus=bus,
+                scheduler=scheduler, executors=executors, store=store,
+                closers=[subprocess.aclose])
