@@ -109,6 +109,21 @@ def test_resume_fails_interrupted_nodes_or_retries_idempotent_ones() -> None:
     assert ready == ["b"]
 
 
+def test_runs_of_one_document_share_one_graph_live_and_replayed() -> None:
+    """A document submitted again, or replayed for each of its runs, is compiled once: the
+    runs share the graph (recovery of many runs of one workflow costs one compile)."""
+    doc = workflow([node("a"), node("b")], [edge("a", "b")])
+    d = JournaledDriver()
+    first, second = d.submit(doc), d.submit(doc)
+    gc.collect()  # nothing but the runs holds the compiled document
+    third = d.submit(doc)
+    assert first.graph is second.graph is third.graph
+    engine, _ = replayed(d)
+    gc.collect()
+    graphs = {id(run.graph) for run in engine.runs.values()}
+    assert len(engine.runs) == 3 and len(graphs) == 1
+
+
 def test_event_ids_survive_compaction_of_forgotten_runs() -> None:
     """Records of a forgotten run can be dropped without renumbering later events."""
     d = JournaledDriver()

@@ -394,6 +394,7 @@ class Engine:
             created_at=self._ts,
         )
         run.document = compiled.document
+        run.source = compiled
         run.meta = command.meta
         self.runs[run.run_id] = run
         self._emit_run_status(run)

@@ -134,7 +134,7 @@ class Run:
     __slots__ = (
         "cancel_reason", "client_id", "created_at", "definition_hash", "document", "error",
         "finished_at", "frames", "graph", "last_event", "meta", "options", "root_id", "run_id",
-        "started_at", "status", "tasks", "tenant", "workflow",
+        "source", "started_at", "status", "tasks", "tenant", "workflow",
     )
 
     def __init__(
@@ -165,6 +165,9 @@ class Run:
         self.document = b""  # the workflow as sent, msgpack-encoded (set by the engine)
         self.meta: dict[str, Any] | None = None  # what the submitter keeps with the run
         self.last_event = 0  # the id of the last event published about it (an ETag)
+        # what compiled the run's document (a documents.Compiled): holding it keeps it in
+        # the cache by definition hash, so runs of one document share one graph
+        self.source: object = None
         self.tasks: dict[str, Task] = {}
         self.frames: dict[str, Frame] = {}
         root = Frame(self, graph, graph.id, None)
