@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from ..reports import Artifact, Chunk, Metric, Partial, Progress
+from ..reports import NodeReport
 
 __all__ = [
     "MAX_FRAME",
@@ -59,7 +59,7 @@ class Failed(msgspec.Struct, tag="failed", frozen=True, array_like=True):
     raised: bool = True  # raised by the node (NodeError) rather than found by the host
 
 
-ToHost = Hello | Done | Failed | Progress | Chunk | Partial | Metric | Artifact
+ToHost = Hello | Done | Failed | NodeReport  # a new kind of report needs nothing here
 
 _encoder = msgspec.msgpack.Encoder()
 _to_host = msgspec.msgpack.Decoder(ToHost)
