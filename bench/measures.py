@@ -72,6 +72,34 @@ def latency(repeats: int, graph: str, state_base: str | None = None) -> dict[str
             "prepared_min": min(out["prepared"])}
 
 
+# --- the write-ahead wait of nodes with side effects -------------------------------------------
+
+def write_ahead(nodes_in_chain: int, state_base: str | None = None) -> dict[str, Any]:
+    """Time per node of a chain whose nodes are not idempotent (each starts only once its
+    Dispatch record is durable: one fdatasync per node in a chain, where nothing else can
+    share it), next to the same chain of idempotent nodes, in one host."""
+    catalog = nodes.catalog()
+    shape = graphs.by_name(f"chain:{nodes_in_chain}")
+    out: dict[str, float] = {}
+
+    async def main(state_dir: Path) -> None:
+        async with daemon_host(state_dir, catalog) as host:
+            for node_type in ("bench.noop", "bench.effect", "bench.noop", "bench.effect"):
+                prepared = host.prepare(graphs.nodehost_document(shape, data=False,
+                                                                 node_type=node_type))
+                started = time.perf_counter()
+                run = host.submit(prepared)
+                await host.scheduler.wait_run(run.run_id)
+                await host.store.wait_durable()
+                seconds = (time.perf_counter() - started) / len(shape)
+                out[node_type] = min(out.get(node_type, seconds), seconds)
+
+    with tempfile.TemporaryDirectory(prefix="nodehost-bench-", dir=state_base) as tmp:
+        anyio.run(main, Path(tmp))
+    return {"nodes": len(shape), "idempotent": out["bench.noop"],
+            "not_idempotent": out["bench.effect"]}
+
+
 # --- event latency with many subscribers ----------------------------------------------------------
 
 def events(graph: str, subscribers: int, state_base: str | None = None) -> dict[str, Any]:

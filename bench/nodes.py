@@ -16,22 +16,31 @@ VALUE = {"n": 1, "tag": "bench", "ok": True}  # the small dict passed along edge
 STARTS: list[float] = []  # perf_counter() of each bench.stamp start (latency measurement)
 
 
-@PACKAGE.node("bench.noop")
+# The measured nodes are pure, hence idempotent: they start as soon as they are dispatched.
+# bench.effect stands for a node with side effects (not idempotent): it starts only once its
+# Dispatch record is durable (the write-ahead rule), which `write_ahead` measures.
+@PACKAGE.node("bench.noop", idempotent=True)
 async def noop(ctx: Context, params: dict) -> dict:
     """Do nothing."""
     return {}
 
 
-@PACKAGE.node("bench.value")
+@PACKAGE.node("bench.value", idempotent=True)
 async def value(ctx: Context, params: dict) -> dict:
     """Return a small dict as `value` (bound along edges from `/results/value`)."""
     return {"value": VALUE}
 
 
-@PACKAGE.node("bench.stamp")
+@PACKAGE.node("bench.stamp", idempotent=True)
 async def stamp(ctx: Context, params: dict) -> dict:
     """Note when it started."""
     STARTS.append(time.perf_counter())
+    return {}
+
+
+@PACKAGE.node("bench.effect")
+async def effect(ctx: Context, params: dict) -> dict:
+    """Do nothing, as a node that must not run twice would."""
     return {}
 
 

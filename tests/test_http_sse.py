@@ -145,7 +145,9 @@ async def test_an_id_older_than_the_buffer_starts_with_stream_reset() -> None:
             ref = (await c.post("/api/v1/runs", json=doc(
                 node("chat", "t.http.chatty", lines=30), client_id="s1"))).json()
             await r.daemon.host.scheduler.wait_run(ref["runId"])  # type: ignore[union-attr]
+            await r.daemon.journal.wait_durable()  # type: ignore[union-attr]
             current = r.daemon.host.engine.event_seq  # type: ignore[union-attr]
+            assert r.daemon.host.last_event_id == current  # type: ignore[union-attr]
             async with c.stream("GET", EVENTS, params={"clientSessionId": "s1"},
                                 headers={"Last-Event-ID": "1"}) as response:
                 reader = SseReader(response)

@@ -128,10 +128,13 @@ def test_every_record_of_the_old_journal_decodes_into_a_command(tmp_path: Path) 
     }
 
 
-def test_recovery_gives_the_runs_ids_and_resume_that_c244de0_gave(tmp_path: Path) -> None:
+@pytest.mark.anyio
+async def test_recovery_gives_the_runs_ids_and_resume_that_c244de0_gave(tmp_path: Path
+                                                                        ) -> None:
     """Runs, nodes, results, errors, timestamps and documents as c244de0 recovered them; the
     event sequence goes on where it did; resume finds the same attempts interrupted, nodes
-    ready, backoffs and container timeouts; the replay buffer holds the same events."""
+    ready, backoffs and container timeouts; the replay buffer holds the same events (those
+    of what resume decided once its records are durable: c244de0 published them at once)."""
     host, store, on_disk, report = recovered_host(copy_store(tmp_path))
     engine = host.engine
     assert on_disk == EXPECTED["lastLsn"]
@@ -151,12 +154,26 @@ def test_recovery_gives_the_runs_ids_and_resume_that_c244de0_gave(tmp_path: Path
             spec = task.g.spec
             if spec is not None:
                 assert CATALOG.get(spec.package, spec.version, spec.type) is spec, task
+    resume_seq = EXPECTED["resumeRecords"][0]["seq"]  # the events before resume's
+    expected_buffer = EXPECTED["replayBuffer"]
+    before_resume = [e for e in expected_buffer if int(e["id"]) <= resume_seq]
+    assert len(before_resume) < len(expected_buffer)
+    with host.bus.subscribe(after=0) as subscription:
+        buffer = [envelope_view(e) for e in subscription.drain()]
+    assert buffer == before_resume  # resume's records are not durable yet
+    assert host.last_event_id == resume_seq
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            await tg.start(store.run)
+            await store.wait_durable()
+            tg.cancel_scope.cancel()
     with host.bus.subscribe(after=0) as subscription:
         buffer = [envelope_view(e) for e in subscription.drain()]
     assert [(e["id"], e["type"]) for e in buffer] == \
-        [(e["id"], e["type"]) for e in EXPECTED["replayBuffer"]]
-    for got, expected in zip(buffer, EXPECTED["replayBuffer"], strict=True):
+        [(e["id"], e["type"]) for e in expected_buffer]
+    for got, expected in zip(buffer, expected_buffer, strict=True):
         assert got == expected, expected["id"]
+    assert host.last_event_id == engine.event_seq
     store.close()
 
 
@@ -177,15 +194,16 @@ async def test_the_recovered_host_goes_on_on_the_old_journal(tmp_path: Path) -> 
     host, store, on_disk, _ = recovered_host(store_dir)
     seq = EXPECTED["eventSeq"]
     active = [run_id for run_id, run in host.engine.runs.items() if not run.final]
-    with host.bus.subscribe() as subscription:
+    new_id = "run-13-after-restart"
+    with host.bus.subscribe(lambda e: e.scope.run_id == new_id) as subscription:
         new = host.submit(workflow([node("a", params={"after": "restart"})], id="after"),
-                          run_id="run-13-after-restart")
+                          run_id=new_id)
+        with anyio.fail_after(5):
+            async with host.running():
+                for run_id in [*active, new.run_id]:
+                    await host.scheduler.wait_run(run_id)
         first = subscription.drain()[0]
     assert (first.id, first.scope.run_id) == (str(seq + 1), new.run_id)
-    with anyio.fail_after(5):
-        async with host.running():
-            for run_id in [*active, new.run_id]:
-                await host.scheduler.wait_run(run_id)
     for run_id, expected in EXPECTED["continued"].items():
         run = host.engine.runs[run_id]
         assert run.status == expected["status"], run_id

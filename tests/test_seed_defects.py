@@ -149,23 +149,37 @@ def test_the_whole_run_deep_copied_on_every_event(monkeypatch: pytest.MonkeyPatc
 
 def test_events_published_out_of_order() -> None:
     """Events published out of order."""
+    delivered: list[Envelope] = []
     seen: list[tuple[int, bool]] = []
-    engine: Engine
 
-    def sink(envelope: Envelope) -> None:
-        # published during the change it describes: what it says is the state right now
-        run = engine.runs.get(envelope.scope.run_id)
-        data = envelope.data
-        if isinstance(data, NodeStateEvent) and run is not None:
-            current = run.tasks[data.task_id].status
-            seen.append((int(envelope.id), current == data.status))
-        elif isinstance(data, RunStatusEvent) and run is not None:
-            seen.append((int(envelope.id), run.status == data.status))
-        else:
-            seen.append((int(envelope.id), True))
+    class Checked(Engine):
+        """Checks, as each command's envelopes are handed over (once it is applied), that
+        the last word of each about a node or the run is that node's or run's state."""
+
+        def apply(self, command: Any) -> bool:
+            start = len(delivered)
+            accepted = super().apply(command)
+            last: dict[tuple[str, str | None], Envelope] = {}
+            for envelope in delivered[start:]:
+                data = envelope.data
+                key = (envelope.scope.run_id or "", getattr(data, "task_id", None))
+                if isinstance(data, NodeStateEvent | RunStatusEvent):
+                    last[key] = envelope
+            for envelope in delivered[start:]:
+                run = self.runs.get(envelope.scope.run_id or "")
+                data = envelope.data
+                ok = True
+                if last.get((envelope.scope.run_id or "", getattr(data, "task_id", None))) \
+                        is envelope and run is not None:
+                    if isinstance(data, NodeStateEvent):
+                        ok = run.tasks[data.task_id].status == data.status
+                    elif isinstance(data, RunStatusEvent):
+                        ok = run.status == data.status
+                seen.append((int(envelope.id), ok))
+            return accepted
 
     d = Driver()
-    d.engine = engine = Engine(compile=d.documents, sink=sink, now=lambda: d.now)
+    d.engine = Checked(compile=d.documents, sink=delivered.append, now=lambda: d.now)
     d.on("b", Fail())
     doc = workflow([node("a"), node("b", retry={"maxAttempts": 2}), container("c", "s")],
                    [edge("a", "b")], [subgraph("s", [node("x"), node("y")], chain("x", "y"))])

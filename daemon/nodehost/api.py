@@ -271,6 +271,13 @@ class DaemonApi:
         if self.host.store is not None:
             await self.host.store.wait_durable()
 
+    async def settled(self) -> None:
+        """Before a read is answered: wait until what it shows is durable (and its events
+        have gone out), so that no answer shows a state a crash could take back. While the
+        disk is full, reads are answered at once (from memory) rather than not at all."""
+        if self.host.store is not None:
+            await self.host.store.wait_durable(unless_full=True)
+
     def list_runs(self, principal: Principal, *, limit: int = DEFAULT_LIMIT,
                   cursor: str | None = None, status: str | None = None,
                   client_id: str | None = None) -> RunList:
@@ -293,7 +300,7 @@ class DaemonApi:
     def get_run(self, principal: Principal, run_id: str) -> tuple[RunSummary, int]:
         """The run with its nodes, and the event id it is current as of (for Last-Event-ID)."""
         run = self._entry(principal, run_id).run
-        return run_summary(run), self.host.engine.event_seq
+        return run_summary(run), self.host.last_event_id
 
     def definition(self, principal: Principal, run_id: str) -> tuple[dict[str, Any], str]:
         """The workflow as submitted, each root node with its `state`; and its ETag."""
@@ -353,7 +360,7 @@ class DaemonApi:
 
         # One synchronous step: the replay cutoff, the reset decision and the registration.
         bus = self.host.bus
-        current = self.host.engine.event_seq
+        current = self.host.last_event_id
         reset = None
         after = last_event_id
         if last_event_id is not None:

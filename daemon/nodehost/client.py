@@ -304,17 +304,19 @@ async def watch_run(
                 feed(envelope)
                 data = envelope.data
                 if isinstance(data, RunStatusEvent) and data.status in FINAL:
+                    summary, _ = await client.get_run(run_id)
                     break
-            summary, _ = await client.get_run(run_id)
-            if summary.get("status") in FINAL:
-                break
         except Unreachable:
             now = anyio.current_time()
             failing_since = failing_since if failing_since is not None else now
             if now - failing_since >= reconnect_timeout:
                 raise
-        # the stream ended (the daemon restarting, or this client fell behind): back off,
-        # then reconnect with Last-Event-ID
+        if summary.get("status") in FINAL:
+            break
+        # The stream ended before the run's final status (the daemon restarting, or this
+        # client fell behind): back off, then reconnect with Last-Event-ID. What came after
+        # `last` is replayed, even if the run has ended meanwhile, or a stream.reset says it
+        # is no longer buffered.
         await anyio.sleep(delay)
         delay = min(delay * 2, 2.0)
     return summary

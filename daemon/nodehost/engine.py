@@ -214,7 +214,7 @@ class Engine:
 
     `compile` turns a Submit's document into a graph (a `documents.Documents`); `recorder`
     receives every accepted live command, stamped (the journal's `append`); `sink` every
-    event envelope (the bus)."""
+    event envelope (the bus), once the command that made it is applied and recorded."""
 
     def __init__(
         self,
@@ -234,6 +234,9 @@ class Engine:
         self.recorder = recorder
         self._compile = compile
         self._sink = sink or (lambda envelope: None)
+        # the envelopes of the command being applied: handed to the sink once it is applied
+        # and recorded, so that a sink can tell which record an envelope comes from
+        self._outbox: list[Envelope] = []
         self._now = now
         self._rng = rng or random.Random()
         self._effects: list[Effect] = []
@@ -259,11 +262,17 @@ class Engine:
             accepted = self._apply[type(command)](command)
             if accepted and self.recorder is not None:
                 self.recorder(command)
-            return accepted
-        self._ts = command.ts
-        self.event_seq = command.seq
-        accepted = self._apply[type(command)](command)
-        self._effects.clear()  # history: what it asked for has happened since
+        else:
+            self._ts = command.ts
+            self.event_seq = command.seq
+            accepted = self._apply[type(command)](command)
+            self._effects.clear()  # history: what it asked for has happened since
+        outbox = self._outbox
+        if outbox:
+            self._outbox = []
+            sink = self._sink
+            for envelope in outbox:
+                sink(envelope)
         return accepted
 
     def dispatch(self, task: Task) -> Attempt | None:
@@ -306,7 +315,7 @@ class Engine:
                                 client_session_id=run.client_id)
             self._scope_run = run
         assert self._scope is not None
-        self._sink(Envelope(
+        self._outbox.append(Envelope(
             version="v1",
             id=str(self.event_seq),
             type=type,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -43,6 +44,41 @@ log = logging.getLogger(__name__)
 Observer = Callable[[Envelope], None]
 
 
+class WriteAheadEvents:
+    """The engine's sink when there is a journal: an envelope goes out (to the bus, the
+    observers) only once the record it comes from is durable, so no client ever sees an
+    event that a crash could take back, and event ids are never given to two events.
+
+    The engine hands over a command's envelopes right after recording it, so the store's
+    last lsn then is that record's; a replayed command's envelopes come from records that
+    are durable already, and go out at once. Order is kept: nothing overtakes a held one.
+    """
+
+    def __init__(self, store: Store, out: Observer) -> None:
+        self._store = store
+        self._out = out
+        self._held: deque[tuple[int, Envelope]] = deque()
+        store.durable_listeners.append(self.release)
+
+    def __call__(self, envelope: Envelope) -> None:
+        store = self._store
+        lsn = store.last_lsn
+        if not self._held and lsn <= store.durable_lsn:
+            self._out(envelope)
+        else:
+            self._held.append((lsn, envelope))
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
+    def release(self, durable: int) -> None:
+        """Send what the store has made durable (up to lsn `durable`)."""
+        held, out = self._held, self._out
+        while held and held[0][0] <= durable:
+            out(held.popleft()[1])
+
+
 class Host:
     """A composed host: everything needed to run workflows in this process. Made by
     `build_host`; `async with host.running():` serves, `host.submit(...)` starts runs."""
@@ -50,7 +86,8 @@ class Host:
     def __init__(self, *, config: Config, catalog: Catalog, documents: Documents,
                  engine: Engine, bus: EventBus, scheduler: Scheduler,
                  executors: dict[str, Executor], store: Store | None,
-                 closers: list[Callable[[], Awaitable[None]]]) -> None:
+                 closers: list[Callable[[], Awaitable[None]]],
+                 held: WriteAheadEvents | None = None) -> None:
         self.config = config
         self.catalog = catalog
         self.documents = documents
@@ -60,6 +97,13 @@ class Host:
         self.executors = executors
         self.store = store
         self._closers = closers
+        self._held = held
+
+    @property
+    def last_event_id(self) -> int:
+        """The id of the newest event published. Events whose records are not durable yet
+        are held back, and they are always the newest: the ids below them went out."""
+        return self.engine.event_seq - (self._held.held if self._held is not None else 0)
 
     def prepare(self, data: bytes | str | dict[str, Any]) -> Prepared:
         """Decode, check and compile a document; WorkflowInvalid with every problem."""
@@ -143,15 +187,17 @@ def build_host(
     publish = bus.publish_nowait
     watchers = list(observers)
     if not watchers:
-        sink: Observer = publish
+        out: Observer = publish
     else:
-        def sink(envelope: Envelope) -> None:
+        def out(envelope: Envelope) -> None:
             publish(envelope)
             for watch in watchers:
                 try:
                     watch(envelope)
                 except Exception:
                     log.exception("event observer failed on envelope %s", envelope.id)
+    held = None if store is None else WriteAheadEvents(store, out)
+    sink = out if held is None else held
 
     documents = Documents(catalog, config.documents)
     engine = Engine(compile=documents, recorder=store.append if store is not None else None,
@@ -166,7 +212,7 @@ def build_host(
     def executor_for(spec: NodeSpec) -> Executor:
         return executors[routes.kind_for(spec.package)]
 
-    scheduler = Scheduler(engine, config.scheduler, executor_for=executor_for)
+    scheduler = Scheduler(engine, config.scheduler, executor_for=executor_for, journal=store)
     return Host(config=config, catalog=catalog, documents=documents, engine=engine, bus=bus,
                 scheduler=scheduler, executors=executors, store=store,
-                closers=[subprocess.aclose])
+                closers=[subprocess.aclose], held=held)

@@ -198,16 +198,19 @@ class _Handlers:
         if not raw_limit.isascii() or not raw_limit.isdigit() or len(raw_limit) > 6:
             raise ApiError(400, "invalid_request", "limit must be an integer from 1 to 200",
                            [IssueOut("limit", "must be an integer from 1 to 200")])
+        await self.api.settled()
         page = self.api.list_runs(principal, limit=int(raw_limit), cursor=query.get("cursor"),
                                   status=query.get("status"), client_id=query.get("clientId"))
         return _json(page)
 
     async def get_run(self, request: Request) -> Response:
+        await self.api.settled()
         summary, position = self.api.get_run(self.principal(request),
                                              request.path_params["run_id"])
         return _json(summary, headers={"X-Last-Event-ID": str(position)})
 
     async def definition(self, request: Request) -> Response:
+        await self.api.settled()
         workflow, etag = self.api.definition(self.principal(request),
                                              request.path_params["run_id"])
         headers = {"ETag": etag, "Cache-Control": "no-cache"}

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from .node_api import NodeSpec
     from .reports import NodeReport
     from .runstate import Run, Task
+    from .store.store import Store
 
 __all__ = ["Scheduler"]
 
@@ -142,9 +143,18 @@ class Scheduler:
         config: SchedulerConfig = SchedulerConfig(),
         *,
         executor_for: Callable[[NodeSpec], Executor] | None = None,
+        journal: Store | None = None,
     ) -> None:
         self.engine = engine
         self.limits = config
+        # With a journal, an attempt of a node that is not idempotent starts only once its
+        # Dispatch record is durable: a crash before that loses the dispatch (the node runs
+        # after the restart, once); after it, the restart fails it with E.HOST.RESTARTED
+        # rather than running it a second time. Idempotent nodes start at once.
+        self._journal = journal
+        self._unsynced: deque[tuple[int, _Running]] = deque()  # (lsn of its Dispatch, ...)
+        if journal is not None:
+            journal.durable_listeners.append(self._durable)
         if executor_for is None:
             default = InProcessExecutor(threads=config.parallelism)
             executor_for = lambda spec: default  # noqa: E731
@@ -191,10 +201,12 @@ class Scheduler:
                     self._tg = None
         finally:
             # attempts handed to no worker (the scheduler stopped first) never started
-            for attempt in self._queued:
+            unstarted = [*self._queued, *(running for _, running in self._unsynced)]
+            for attempt in unstarted:
                 self._attempts.pop(attempt.dispatch_id, None)
                 self._release(attempt.task, attempt.attempt.spec)
             self._queued.clear()
+            self._unsynced.clear()
             self._idle_workers.clear()
 
     async def _timer_loop(self) -> None:
@@ -270,6 +282,7 @@ class Scheduler:
         return {
             "ready": len(self._ready),
             "running": len(self._attempts),
+            "waiting_for_journal": len(self._unsynced),
             "parked": sum(len(q) for q in self._parked.values()),
             "timers": len(self._timers),
             "dispatched": self.dispatched,
@@ -328,7 +341,13 @@ class Scheduler:
             running = _Running(self.engine, attempt, task)
             self._attempts[attempt.dispatch_id] = running
             self.dispatched += 1
-            self._queued.append(running)
+            journal = self._journal
+            if (journal is not None and not task.g.idempotent
+                    and (lsn := journal.last_lsn) > journal.durable_lsn):
+                self._unsynced.append((lsn, running))
+                journal.hurry()
+            else:
+                self._queued.append(running)
             # dispatch() may have set a timeout timer
             for effect in self.engine.take_effects():
                 if isinstance(effect, Timer):
@@ -336,6 +355,16 @@ class Scheduler:
                 else:  # pragma: no cover - dispatch only ever sets timers
                     raise AssertionError(f"unexpected effect of dispatch: {effect!r}")
         self._assign(reserve)
+
+    def _durable(self, lsn: int) -> None:
+        """The journal is durable up to `lsn`: start the attempts that waited for it."""
+        unsynced = self._unsynced
+        if not unsynced or unsynced[0][0] > lsn:
+            return
+        while unsynced and unsynced[0][0] <= lsn:
+            self._queued.append(unsynced.popleft()[1])
+        if self._tg is not None and not self._closing:
+            self._assign(0)
 
     def _assign(self, reserve: int) -> None:
         """Hand queued attempts to idle workers, starting workers while there are fewer

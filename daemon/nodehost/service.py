@@ -344,6 +344,12 @@ class Daemon:
         if stopped:
             log.info("stopped %d running node(s); they will run again after the restart",
                      stopped)
+        # events go out once their records are durable: let the last ones reach the
+        # streams before they are closed (unless the disk is full or the journal stuck)
+        journal = host.store
+        if journal is not None:
+            with anyio.move_on_after(self.config.server.stop_timeout_seconds):
+                await journal.wait_durable(unless_full=True)
 
     def reload(self, config: Config) -> list[str]:
         """Apply what can change while running: scheduler limits, tokens, log level and

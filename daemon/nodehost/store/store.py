@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -68,6 +68,7 @@ class Store:
         self._segment_bytes = segment_bytes or config.segment_mb << 20
         self._writer: JournalWriter | None = None
         self._wake = anyio.Event()
+        self._hurry = anyio.Event()
         self._flushed = anyio.Event()
         self.full = False
         self._flush_started: float | None = None
@@ -75,6 +76,9 @@ class Store:
         self.records_since_snapshot = 0
         self.batches = 0
         self.records_written = 0
+        # called on the event loop with the durable lsn after each batch: what waits for its
+        # records to be durable (events to publish, attempts to start) goes then
+        self.durable_listeners: list[Callable[[int], None]] = []
 
     @property
     def journal_dir(self) -> Path:
@@ -124,6 +128,13 @@ class Store:
             self._wake.set()
         return lsn
 
+    def hurry(self) -> None:
+        """Someone waits for the records appended so far (an attempt that may start only
+        once they are durable): write them without waiting for the batch to fill up."""
+        if self._writer is not None and self._writer.pending:
+            self._hurry.set()
+            self._wake.set()
+
     @property
     def last_lsn(self) -> int:
         return self._writer.next_lsn - 1 if self._writer else 0
@@ -132,10 +143,13 @@ class Store:
     def durable_lsn(self) -> int:
         return self._writer.durable_lsn if self._writer else 0
 
-    async def wait_durable(self, lsn: int | None = None) -> None:
-        """Return once every record up to `lsn` (default: all appended so far) is durable."""
+    async def wait_durable(self, lsn: int | None = None, *, unless_full: bool = False) -> None:
+        """Return once every record up to `lsn` (default: all appended so far) is durable;
+        with `unless_full`, also as soon as the disk is full (nothing can be, then)."""
         target = self.last_lsn if lsn is None else lsn
         while self.durable_lsn < target:
+            if unless_full and self.full:
+                return
             await self._flushed.wait()
 
     def statistics(self) -> dict[str, int]:
@@ -160,8 +174,11 @@ class Store:
                 if not writer.pending:
                     self._wake = anyio.Event()
                     await self._wake.wait()
-                if self.fsync == "batch" and self.batch_interval > 0:
-                    await anyio.sleep(self.batch_interval)  # let the batch fill up
+                if (self.fsync == "batch" and self.batch_interval > 0
+                        and not self._hurry.is_set()):
+                    with anyio.move_on_after(self.batch_interval):  # let the batch fill up
+                        await self._hurry.wait()
+                self._hurry = anyio.Event()
                 await self._flush_once(writer)
         finally:
             with anyio.CancelScope(shield=True):
@@ -184,7 +201,9 @@ class Store:
             writer.give_back(batch)
             if not self.full:
                 log.error("%s: refusing new runs until there is space again", exc)
-            self.full = True
+                self.full = True
+                flushed, self._flushed = self._flushed, anyio.Event()
+                flushed.set()  # whoever waits `unless_full` goes on
             await anyio.sleep(self.full_retry_interval)
             return
         except OSError as exc:
@@ -200,6 +219,9 @@ class Store:
         self.records_written += batch[1]
         flushed, self._flushed = self._flushed, anyio.Event()
         flushed.set()
+        durable = writer.durable_lsn
+        for listener in self.durable_listeners:
+            listener(durable)
 
     # --- snapshots ----------------------------------------------------------------------------
 
