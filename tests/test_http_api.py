@@ -121,6 +121,27 @@ async def test_an_integer_the_journal_cannot_hold_is_400_at_its_path() -> None:
         assert len(t.host.engine.runs) == 0
 
 
+@pytest.mark.parametrize("depth", [950, 990, 1_000, 5_000, 100_000])
+@pytest.mark.parametrize("keyed", [False, True])
+async def test_deeply_nested_values_are_400_or_accepted_never_500(depth: int,
+                                                                  keyed: bool) -> None:
+    """Hostile nesting (lists and objects, with or without an Idempotency-Key): answered
+    400 naming the nesting, or accepted, never an internal error."""
+    async with api_client() as t:
+        base = json.dumps(doc(node("a", "nodehost.std.delay", seconds=0.01)))
+        for value in ("[" * depth + "]" * depth, '{"a":' * depth + "1" + "}" * depth):
+            body = base.replace('"seconds": 0.01', '"seconds": 0.01, "value": ' + value)
+            headers = {"Content-Type": "application/json"}
+            if keyed:
+                headers["Idempotency-Key"] = f"deep-{depth}-{len(value)}"
+            response = await t.client.post(RUNS, content=body, headers=headers)
+            if response.status_code != 202:
+                error = assert_error(response, 400, "invalid_workflow")
+                assert "nested too deeply" in error["details"][0]["message"]
+            else:
+                assert depth < 1_000
+
+
 async def test_a_body_that_is_not_json_is_415() -> None:
     """POST /runs takes application/json only."""
     async with api_client() as t:

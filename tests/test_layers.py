@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "daemon" / "nodehost"
 TIERS: dict[str, int] = {
     # 1: data and pure functions
     "errors": 1, "model": 1, "bindings": 1, "graph": 1, "collector": 1,
-    "config": 1, "commands": 1, "reports": 1, "events": 1, "store.records": 1,
+    "config": 1, "commands": 1, "reports": 1, "events": 1, "outputs": 1, "store.records": 1,
     # 2: what node packages see, and the catalog of them
     "hookspecs": 2, "node_api": 2, "plugins": 2, "validate": 2, "documents": 2, "__init__": 2,
     # 3: the state machine; the bus and the store (the only writer to disk)

@@ -32,6 +32,7 @@ __all__ = [
     "ExecutorsConfig",
     "JournalConfig",
     "Listen",
+    "OutputsConfig",
     "PluginsConfig",
     "RetentionConfig",
     "SchedulerConfig",
@@ -167,6 +168,14 @@ class ServerConfig(_Section, frozen=True):
         return parse_listen(self.listen, self.runtime_path())
 
 
+class OutputsConfig(_Section, frozen=True):
+    """What one attempt may produce: checked before it is accepted (and journaled)."""
+
+    max_result_bytes: Annotated[int, Meta(ge=1, le=48 * 1024 * 1024)] = 16 * 1024 * 1024
+    max_partial_bytes: Annotated[int, Meta(ge=1, le=48 * 1024 * 1024)] = 1024 * 1024
+    max_log_bytes: Positive = 4 * 1024 * 1024  # of chunks (log lines, stdout...), per attempt
+
+
 class ApiConfig(_Section, frozen=True):
     max_body_bytes: Positive = 32 * 1024 * 1024
     idempotency_keys: Positive = 10_000
@@ -220,6 +229,7 @@ class Config(_Section, frozen=True):
     executors: ExecutorsConfig = msgspec.field(default_factory=ExecutorsConfig)
     plugins: PluginsConfig = msgspec.field(default_factory=PluginsConfig)
     documents: DocumentsConfig = msgspec.field(default_factory=DocumentsConfig)
+    outputs: OutputsConfig = msgspec.field(default_factory=OutputsConfig)
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     api: ApiConfig = msgspec.field(default_factory=ApiConfig)
     events: EventsConfig = msgspec.field(default_factory=EventsConfig)

@@ -29,7 +29,14 @@ from .errors import Code, Issue, NodeError, WorkflowInvalid
 from .graph import Graph
 from .model import StartRunRequest, Workflow
 from .node_api import Context, NodeSpec
-from .validate import SpecSource, compile_workflow, decode_document, decode_json, definition_hash
+from .validate import (
+    TOO_DEEP,
+    SpecSource,
+    compile_workflow,
+    decode_document,
+    decode_json,
+    definition_hash,
+)
 
 __all__ = ["Compiled", "Documents", "Prepared", "WithStandIns"]
 
@@ -142,6 +149,12 @@ class Documents:
         Raises WorkflowInvalid with every problem, each at its path in the document as sent
         (`$.workflow.nodes[1].id` in a request, `$.nodes[1].id` in a bare workflow).
         """
+        try:
+            return self._prepare(data)
+        except RecursionError:  # a value nested almost as deep as the decoder allows
+            raise WorkflowInvalid([Issue("$", TOO_DEEP)]) from None
+
+    def _prepare(self, data: bytes | str | dict[str, Any]) -> Prepared:
         limits = self.limits
         probe = decode_json(data, limits) if isinstance(data, bytes | str) else data
         at = "$"

@@ -29,6 +29,8 @@ class Code:
     UNAVAILABLE = "E.DISPATCH.UNAVAILABLE"  # no executor provides the node
     HOST_RESTARTED = "E.HOST.RESTARTED"  # the host restarted while the node ran
     SUBGRAPH = "E.SUBGRAPH.FAILED"  # a node inside a container's subgraph failed
+    RESULT_TOO_LARGE = "E.RESULT.TOO_LARGE"  # a result or partial result over [outputs]
+    RESULT_UNENCODABLE = "E.RESULT.UNENCODABLE"  # a value the journal cannot store
     INTERNAL = "E.INTERNAL"
 
 

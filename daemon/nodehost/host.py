@@ -212,7 +212,8 @@ def build_host(
     def executor_for(spec: NodeSpec) -> Executor:
         return executors[routes.kind_for(spec.package)]
 
-    scheduler = Scheduler(engine, config.scheduler, executor_for=executor_for, journal=store)
+    scheduler = Scheduler(engine, config.scheduler, executor_for=executor_for, journal=store,
+                          outputs=config.outputs)
     return Host(config=config, catalog=catalog, documents=documents, engine=engine, bus=bus,
                 scheduler=scheduler, executors=executors, store=store,
                 closers=[subprocess.aclose], held=held)

@@ -30,11 +30,14 @@ import anyio.lowlevel
 from anyio.abc import TaskGroup, TaskStatus
 
 from .commands import CancelRun, Command, Complete, Fail, Interrupt, Report
-from .config import SchedulerConfig
+from .config import OutputsConfig, SchedulerConfig
 from .engine import Attempt, Cancel, Engine, Ready, RunFinished, Timer
 from .errors import Code, NodeError
 from .executors import AttemptFailed, Executor
 from .executors.inprocess import InProcessExecutor
+from .model import ErrorInfo
+from .outputs import LogBudget, check_value
+from .reports import Artifact, Chunk, Partial
 
 if TYPE_CHECKING:
     from .node_api import NodeSpec
@@ -100,10 +103,14 @@ class _Running:
     the host asked it to stop. Called with a report, it is the node's Reporter: it applies
     the report to the engine under the attempt's dispatch id (fenced there)."""
 
-    __slots__ = ("_engine", "attempt", "cancelled", "dispatch_id", "run_id", "scope", "task")
+    __slots__ = ("_budget", "_engine", "_outputs", "attempt", "cancelled", "dispatch_id",
+                 "run_id", "scope", "task")
 
-    def __init__(self, engine: Engine, attempt: Attempt, task: Task) -> None:
+    def __init__(self, engine: Engine, attempt: Attempt, task: Task,
+                 outputs: OutputsConfig) -> None:
         self._engine = engine
+        self._outputs = outputs
+        self._budget: LogBudget | None = None
         self.attempt = attempt
         self.dispatch_id = attempt.dispatch_id
         self.run_id = attempt.run_id
@@ -120,8 +127,32 @@ class _Running:
         return self.cancelled
 
     def __call__(self, report: NodeReport) -> None:
+        kind = type(report)
+        if kind is Chunk:
+            budget = self._budget
+            if budget is None:
+                budget = self._budget = LogBudget(self._outputs)
+            admitted = budget.admit(report)  # type: ignore[arg-type]
+            if admitted is None:
+                return
+            report = admitted
+        elif kind is Partial or kind is Artifact:
+            value = report.update if kind is Partial else report.artifact  # type: ignore[union-attr]
+            problem = check_value(value, self._outputs.max_partial_bytes,
+                                  "partial result" if kind is Partial else "artifact")
+            if problem is not None:
+                self.fail(problem)
+                return
         self._engine.apply(Report(run_id=self.run_id, dispatch_id=self.dispatch_id,
                                   report=report))
+
+    def fail(self, error: ErrorInfo) -> None:
+        """Fail the attempt for what it produced (not retried: it would produce it again),
+        and stop it."""
+        self._engine.apply(Fail(run_id=self.run_id, dispatch_id=self.dispatch_id,
+                                code=error.code, message=error.message, details=error.details,
+                                retryable=False))
+        self.cancel()
 
 
 class _IdleWorker:
@@ -144,9 +175,11 @@ class Scheduler:
         *,
         executor_for: Callable[[NodeSpec], Executor] | None = None,
         journal: Store | None = None,
+        outputs: OutputsConfig = OutputsConfig(),
     ) -> None:
         self.engine = engine
         self.limits = config
+        self.outputs = outputs
         # With a journal, an attempt of a node that is not idempotent starts only once its
         # Dispatch record is durable: a crash before that loses the dispatch (the node runs
         # after the restart, once); after it, the restart fails it with E.HOST.RESTARTED
@@ -338,7 +371,7 @@ class Scheduler:
             if attempt is None:
                 continue  # no longer ready: cancelled, or its run ended
             self._acquire(task, spec)
-            running = _Running(self.engine, attempt, task)
+            running = _Running(self.engine, attempt, task, self.outputs)
             self._attempts[attempt.dispatch_id] = running
             self.dispatched += 1
             journal = self._journal
@@ -484,7 +517,11 @@ class Scheduler:
             running.scope = scope
             executor = self._executor_for(attempt.spec)
             result = await executor.execute(attempt, running, running.is_cancelled)
-            engine.apply(Complete(run_id=run_id, dispatch_id=dispatch_id, result=result))
+            problem = check_value(result, self.outputs.max_result_bytes, "result")
+            if problem is None:
+                engine.apply(Complete(run_id=run_id, dispatch_id=dispatch_id, result=result))
+            else:
+                running.fail(problem)
         except NodeError as exc:
             details = dict(exc.details or {})
             if exc.remediation:

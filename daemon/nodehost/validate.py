@@ -64,6 +64,9 @@ def _separator_message(what: str, id: str) -> str:
 _MSGSPEC_PATH = re.compile(r" - at `(\$[^`]*)`$")
 
 
+TOO_DEEP = "arrays and objects are nested too deeply (some 1,000 levels or more)"
+
+
 def decode_json(data: bytes | str, limits: Limits) -> Any:
     """A JSON document within the size limit, decoded; problems become a WorkflowInvalid."""
     if isinstance(data, str):
@@ -76,6 +79,8 @@ def decode_json(data: bytes | str, limits: Limits) -> Any:
             return msgspec.json.decode(data)
     except msgspec.DecodeError as exc:
         raise WorkflowInvalid([Issue("$", f"not valid JSON: {exc}")]) from None
+    except RecursionError:
+        raise WorkflowInvalid([Issue("$", TOO_DEEP)]) from None
 
 
 def decode_document(data: Any, what: type, limits: Limits) -> Any:

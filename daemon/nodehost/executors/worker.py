@@ -20,6 +20,7 @@ import msgspec
 
 from ..errors import Code, NodeError
 from ..node_api import Context, NodeSpec, Package, Reporter
+from ..reports import NodeReport
 from . import AttemptFailed
 from .frames import Done, Failed, Hello, Start, decode_to_worker, encode, header
 from .inprocess import decode_parameters, encode_results
@@ -100,7 +101,17 @@ def main(argv: list[str] | None = None) -> int:
     writer = _FrameWriter(protocol_out)
     spec = load_spec(module, qualname, package, version, type)
     writer.send(Hello(pid=os.getpid(), python=sys.version.split()[0]))
-    reporter = writer.send  # what the node reports goes to the host as it is
+
+    def reporter(report: NodeReport) -> None:
+        """What the node reports goes to the host as it is (a value the pipe cannot carry
+        fails the node, as the host's own check would)."""
+        try:
+            writer.send(report)
+        except (OverflowError, TypeError) as exc:
+            raise NodeError(Code.RESULT_UNENCODABLE,
+                            f"the {report.__class__.__name__.lower()} report cannot be stored: "
+                            f"{exc}") from None
+
     while True:
         head = _read_exactly(protocol_in, header.size)
         if head is None:
@@ -108,7 +119,12 @@ def main(argv: list[str] | None = None) -> int:
         body = _read_exactly(protocol_in, header.unpack(head)[0])
         if body is None:
             return 0
-        writer.send(run_attempt(spec, decode_to_worker(body), reporter))
+        outcome = run_attempt(spec, decode_to_worker(body), reporter)
+        try:
+            writer.send(outcome)
+        except (OverflowError, TypeError) as exc:
+            writer.send(Failed(Code.RESULT_UNENCODABLE, f"the result cannot be stored: {exc}",
+                               None, retryable=False, raised=False))
 
 
 if __name__ == "__main__":
