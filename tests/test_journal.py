@@ -313,3 +313,44 @@ PowerLoss.TestCase.settings = settings(
     stateful_step_count=30, deadline=None,
 )
 test_power_loss = PowerLoss.TestCase
+
+
+@pytest.mark.anyio
+async def test_a_snapshot_the_disk_cannot_take_leaves_the_journal_whole(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC while a snapshot is written: compact raises, no segment is dropped and no
+    temp file is left; the history recovers whole, and the next compact succeeds."""
+    import anyio
+
+    from builders import T0
+    from nodehost.commands import CancelRun
+    from nodehost.store import store as store_module
+    from nodehost.store.store import Store
+
+    store = Store(tmp_path, segment_bytes=512)
+    store.open()
+    async with anyio.create_task_group() as tg:
+        await tg.start(store.run)
+        for i in range(40):
+            store.append(CancelRun(ts=T0, seq=i, run_id=f"run-{i}", reason="x" * 40))
+        await store.wait_durable()
+        segments = sorted(p.name for p in (tmp_path / "journal").iterdir())
+        real = store_module.write_snapshot
+
+        def full(directory: Path, lsn: int, body: bytes, **kw: object) -> Path:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(store_module, "write_snapshot", full)
+        with pytest.raises(OSError):
+            await store.compact()
+        assert sorted(p.name for p in (tmp_path / "journal").iterdir()) == segments
+        monkeypatch.setattr(store_module, "write_snapshot", real)
+        tg.cancel_scope.cancel()
+    store.close()
+    again = Store(tmp_path)
+    assert [r.run_id for r in again.open().records] == [f"run-{i}" for i in range(40)]
+    async with anyio.create_task_group() as tg:
+        await tg.start(again.run)
+        assert await again.compact() == 40
+        tg.cancel_scope.cancel()
+    again.close()

@@ -321,7 +321,12 @@ class Daemon:
                 api.forget(dropped)
                 log.info("retention: forgot %d finished run(s)", len(dropped))
             if journal.records_since_snapshot >= every:
-                await journal.compact()
+                try:
+                    await journal.compact()
+                except OSError as exc:  # a full disk, above all: the journal is intact
+                    log.error("snapshot not written (%s); the journal keeps the history, and "
+                              "the snapshot is tried again in %g s", exc,
+                              cfg.check_interval_seconds)
             await anyio.sleep(cfg.check_interval_seconds)
 
     async def _drain(self, api: DaemonApi, host: Host) -> None:
