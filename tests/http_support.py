@@ -215,6 +215,7 @@ def daemon_config(directory: str, *, toml: str = "", server: dict[str, Any] | No
 [server]
 listen = "unix:{directory}/run/nodehost.sock"
 state_dir = "{directory}/state"
+runtime_dir = "{directory}/run"
 drain_seconds = 0
 stop_timeout_seconds = 5
 [executors]

@@ -29,6 +29,7 @@ def write_config(tmp: str, extra: str = "") -> Path:
 [server]
 listen = "unix:{tmp}/run/nodehost.sock"
 state_dir = "{tmp}/state"
+runtime_dir = "{tmp}/run"
 drain_seconds = 0.2
 {extra}
 [executors]
