@@ -11,12 +11,16 @@ import tempfile
 import textwrap
 from pathlib import Path
 
+import anyio
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from builders import T0
+from nodehost.commands import CancelRun
 from nodehost.store import journal as journal_module
+from nodehost.store import store as store_module
 from nodehost.store.journal import (
     DiskFull,
     JournalCorrupt,
@@ -25,6 +29,7 @@ from nodehost.store.journal import (
     segments,
 )
 from nodehost.store.snapshot import list_snapshots, read_newest, write_snapshot
+from nodehost.store.store import Store
 
 
 def write(directory: Path, payloads: list[bytes], *, next_lsn: int = 1,
@@ -320,13 +325,6 @@ async def test_a_snapshot_the_disk_cannot_take_leaves_the_journal_whole(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """ENOSPC while a snapshot is written: compact raises, no segment is dropped and no
     temp file is left; the history recovers whole, and the next compact succeeds."""
-    import anyio
-
-    from builders import T0
-    from nodehost.commands import CancelRun
-    from nodehost.store import store as store_module
-    from nodehost.store.store import Store
-
     store = Store(tmp_path, segment_bytes=512)
     store.open()
     async with anyio.create_task_group() as tg:
