@@ -306,3 +306,69 @@ def test_kill_9_under_load_loses_nothing_acknowledged(tmp_path: Path) -> None:
     assert report["missing"] == []
     assert report["changed"] == []
     assert report["unfinished"] == []
+
+
+def _serve(config_file: Path, *flags: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "nodehost", "serve", "--config",
+                             str(config_file), *flags], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+async def test_a_journal_cut_short_refuses_to_start_until_the_operator_accepts_the_loss(
+) -> None:
+    """`nodehost serve` on a journal whose acknowledged end is gone exits 65 (which systemd
+    does not restart on) naming the file and the records; with `--accept-journal-loss` it
+    serves what is left, and afterwards starts normally."""
+    with short_tmpdir() as tmp:
+        text = f"""
+[server]
+listen = "unix:{tmp}/run/nodehost.sock"
+state_dir = "{tmp}/state"
+runtime_dir = "{tmp}/run"
+drain_seconds = 0
+[executors]
+default = "inprocess"
+"""
+        config_file = Path(tmp) / "config.toml"
+        config_file.write_text(text)
+        config = daemon_config(tmp)
+        async with daemon(config) as live:
+            run_ids = [await live.submit(doc(node("a", seconds=0))) for _ in range(6)]
+            for run_id in run_ids:
+                await live.wait_final(run_id)
+        [seg] = segments(Path(tmp) / "state" / "store" / "journal")
+        os.truncate(seg.path, seg.path.stat().st_size * 2 // 3)
+
+        refused = _serve(config_file)
+        _, stderr = refused.communicate(timeout=60)
+        assert refused.returncode == 65, stderr
+        assert str(seg.path) in stderr and "acknowledged" in stderr
+        assert "--accept-journal-loss" in stderr
+
+        accepted = _serve(config_file, "--accept-journal-loss")
+        try:
+            async with httpx.AsyncClient(
+                    transport=httpx.AsyncHTTPTransport(uds=f"{tmp}/run/nodehost.sock"),
+                    base_url="http://localhost/api/v1") as client:
+                with anyio.fail_after(60):
+                    while True:
+                        try:
+                            listed = await client.get("/runs")
+                            break
+                        except httpx.TransportError:
+                            assert accepted.poll() is None, accepted.communicate()[1]
+                            await anyio.sleep(0.05)  # polling for the socket, with a deadline
+                left = {r["runId"]: r["status"] for r in listed.json()["items"]}
+                assert set(left) < set(run_ids) and "succeeded" in left.values()
+                # a run whose end was lost was interrupted by the restart: it fails, as a
+                # non-idempotent node must (E.HOST.RESTARTED), and is not run again
+                assert set(left.values()) <= {"succeeded", "failed"}
+        finally:
+            accepted.terminate()
+            _, stderr = accepted.communicate(timeout=60)
+        assert accepted.returncode == 0, stderr
+        assert "history loss accepted" in stderr
+        assert list((Path(tmp) / "state" / "store").glob("damaged-*"))
+        async with daemon(config) as again:
+            listed = (await again.client.get("/runs")).json()["items"]
+            assert {r["runId"]: r["status"] for r in listed} == left

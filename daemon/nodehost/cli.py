@@ -235,23 +235,38 @@ _url_option = click.option(
 )
 
 
+EXIT_DAMAGED_STATE = 65  # EX_DATAERR; the systemd unit does not restart on it
+
+
+class _DamagedFail(_Fail):
+    exit_code = EXIT_DAMAGED_STATE
+
+
 @main.command()
 @_config_option
-def serve(config_path: str | None) -> None:
+@click.option("--accept-journal-loss", is_flag=True,
+              help="Start even though the history in the state directory is incomplete or "
+                   "damaged: the damaged files are moved into damaged-<time>/ beside the "
+                   "journal and the daemon goes on with what is left. Only after reading "
+                   "what a normal start refused on.")
+def serve(config_path: str | None, accept_journal_loss: bool) -> None:
     """Run the daemon: the HTTP API on the configured socket, until SIGTERM or SIGINT.
 
     The first signal stops admitting runs and starting nodes, lets running nodes finish
     (server.drain_seconds), queues the rest again to run after the restart, closes event
     streams and exits 0; a second one stops without waiting. SIGHUP reloads the config.
     """
-    from .service import Daemon, StartError
+    from .service import Daemon, DamagedState, StartError
     from .systemd import configure_logging
 
     config = _config(config_path)
     configure_logging(config.server.log_level.upper())
-    daemon = Daemon(config, _catalog(config, Console(stderr=True)))
+    daemon = Daemon(config, _catalog(config, Console(stderr=True)),
+                    accept_journal_loss=accept_journal_loss)
     try:
         daemon.open()
+    except DamagedState as exc:
+        raise _DamagedFail(str(exc)) from None
     except (ConfigError, StartError) as exc:
         raise _Fail(str(exc)) from None
     collector.tune_for_daemon()

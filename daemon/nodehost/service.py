@@ -39,6 +39,7 @@ from .host import Host
 from .http import create_app
 from .plugins import Catalog
 from .recovery import RecoveryReport, Retention, runs_to_forget
+from .store.continuity import HistoryIncomplete
 from .store.journal import JournalCorrupt
 from .store.store import Recovered, Store
 
@@ -51,6 +52,11 @@ MAX_UNIX_PATH = 107  # sun_path is 108 bytes with the NUL
 
 class StartError(NodehostError):
     """The daemon cannot start (the socket is in use, a directory is unsafe, ...)."""
+
+
+class DamagedState(StartError):
+    """The state directory's history is incomplete or damaged: only the operator can say
+    what to do (exit status 65, which the systemd unit does not restart on)."""
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -129,8 +135,10 @@ class Daemon:
     """One nodehost daemon: open() it, run() it, stop() it."""
 
     def __init__(self, config: Config, catalog: Catalog, *,
-                 sockets: list[socket.socket] | None = None) -> None:
+                 sockets: list[socket.socket] | None = None,
+                 accept_journal_loss: bool = False) -> None:
         self.config = config
+        self.accept_journal_loss = accept_journal_loss
         self.catalog = catalog
         self.journal: Store | None = None  # in the state directory, opened by open()
         self._recovered: Recovered | None = None
@@ -211,11 +219,12 @@ class Daemon:
         self._pidfile = path
 
     def _open_journal(self, state_dir: Path) -> None:
-        journal = Store(state_dir / "store", self.config.journal)
+        journal = Store(state_dir / "store", self.config.journal,
+                        accept_loss=self.accept_journal_loss)
         try:
             self._recovered = journal.open()
-        except JournalCorrupt as exc:
-            raise StartError(str(exc)) from None
+        except (HistoryIncomplete, JournalCorrupt) as exc:
+            raise DamagedState(str(exc)) from None
         except OSError as exc:
             raise StartError(f"cannot read the state in {state_dir}: {exc}") from None
         self.journal = journal

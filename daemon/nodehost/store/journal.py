@@ -9,6 +9,11 @@ Reading tells a torn tail (the end of the newest segment, written when power wen
 corruption (a bad frame with good frames after it, or anywhere in an older segment): the
 first is truncated and logged, the second raises `JournalCorrupt` naming the file and offset.
 The blocking calls here are made from a worker thread by the store, never the event loop.
+
+Beside the segments, `durable.mark` holds the last lsn made durable (magic, lsn, crc32),
+rewritten in place after every batch's fdatasync. It is not synced itself (a power loss
+can only leave it behind the truth, never ahead of it), and it is what lets start-up tell
+a journal that was cut short or lost its newest segment from one that simply ends there.
 """
 
 from __future__ import annotations
@@ -27,7 +32,18 @@ from typing import Any
 
 from ..errors import NodehostError, rebuild
 
-__all__ = ["DiskFull", "JournalCorrupt", "JournalWriter", "Segment", "read_journal", "segments"]
+__all__ = [
+    "DiskFull",
+    "JournalCorrupt",
+    "JournalWriter",
+    "Segment",
+    "SegmentScan",
+    "read_journal",
+    "read_mark",
+    "scan_segment",
+    "segments",
+    "write_mark",
+]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +53,9 @@ SEGMENT_HEADER = struct.Struct("<4sIQ")  # magic, version, first lsn
 FRAME = struct.Struct("<II")  # payload length, crc32
 MAX_RECORD = 64 * 1024 * 1024
 _NAME = re.compile(r"^(\d{20})\.journal$")
+MARK_NAME = "durable.mark"
+MARK = struct.Struct("<4sQI")  # magic, last durable lsn, crc32 of the two
+MARK_MAGIC = b"NHD\x01"
 
 
 class JournalCorrupt(NodehostError):
@@ -99,26 +118,39 @@ def _any_valid_frame_after(data: bytes, offset: int) -> int | None:
     return None
 
 
-def read_segment(segment: Segment, *, last: bool,
-                 limit: int | None = None) -> tuple[list[bytes], int]:
-    """Payloads of a segment and the byte length of its valid part.
+@dataclass(frozen=True, slots=True)
+class SegmentScan:
+    """What reading a segment found: its good records, and where and why it stops early."""
 
-    A bad frame with nothing valid after it in the newest segment is a torn tail: the valid
-    length stops before it. Anything else bad raises JournalCorrupt.
+    payloads: list[bytes]
+    valid: int  # bytes of the file that hold the header and the good records
+    size: int  # bytes of the file
+    problem: tuple[int, str] | None = None  # (byte offset, reason): damage, not a torn tail
+
+    @property
+    def torn(self) -> int:
+        """Bytes after the good records that look like a torn tail (0 for a clean end)."""
+        return 0 if self.problem else self.size - self.valid
+
+
+def scan_segment(segment: Segment, *, last: bool, limit: int | None = None) -> SegmentScan:
+    """Read a segment without changing it, and say how it ends.
+
+    A bad frame with nothing valid after it in the newest segment is a torn tail (the
+    good part stops before it); anything else bad is a `problem`.
     """
     data = segment.path.read_bytes()
     if len(data) < SEGMENT_HEADER.size:
         if last:  # created, then power went before its header was durable
-            return [], 0
-        raise JournalCorrupt(segment.path, 0, "the segment header is missing")
+            return SegmentScan([], 0, len(data))
+        return SegmentScan([], 0, len(data), (0, "the segment header is missing"))
     magic, version, first = SEGMENT_HEADER.unpack_from(data, 0)
     if magic != MAGIC or version != VERSION or first != segment.first_lsn:
         if last and _any_valid_frame_after(data, -1) is None:
             # created just before power went out: its header never became durable
-            log.warning("journal %s: segment with an unwritten header removed", segment.path)
-            return [], 0
-        raise JournalCorrupt(segment.path, 0, f"bad segment header ({magic!r}, version "
-                                              f"{version}, first lsn {first})")
+            return SegmentScan([], 0, len(data))
+        return SegmentScan([], 0, len(data), (0, f"bad segment header ({magic!r}, version "
+                                                 f"{version}, first lsn {first})"))
     payloads: list[bytes] = []
     offset = SEGMENT_HEADER.size
     view = memoryview(data)
@@ -128,13 +160,24 @@ def read_segment(segment: Segment, *, last: bool,
             later = _any_valid_frame_after(data, offset)
             if not last or later is not None:
                 where = f"; a valid record follows at byte {later}" if later is not None else ""
-                raise JournalCorrupt(segment.path, offset, f"bad record{where}")
-            log.warning("journal %s: torn tail of %d bytes at byte %d truncated",
-                        segment.path, len(data) - offset, offset)
-            break
+                return SegmentScan(payloads, offset, len(data), (offset, f"bad record{where}"))
+            return SegmentScan(payloads, offset, len(data))
         payloads.append(bytes(view[offset + FRAME.size:end]))
         offset = end
-    return payloads, offset
+    return SegmentScan(payloads, offset, len(data) if limit is None else offset)
+
+
+def read_segment(segment: Segment, *, last: bool,
+                 limit: int | None = None) -> tuple[list[bytes], int]:
+    """Payloads of a segment and the byte length of its valid part; JournalCorrupt for
+    damage that is not a torn tail (which is logged)."""
+    scan = scan_segment(segment, last=last, limit=limit)
+    if scan.problem is not None:
+        raise JournalCorrupt(segment.path, *scan.problem)
+    if scan.torn:
+        log.warning("journal %s: torn tail of %d bytes at byte %d truncated",
+                    segment.path, scan.torn, scan.valid)
+    return scan.payloads, scan.valid
 
 
 def read_journal(directory: Path, *, repair: bool = True,
@@ -191,6 +234,38 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[written:]
 
 
+def read_mark(directory: Path) -> int | None:
+    """The last lsn a writer made durable, or None: no mark (a journal of nodehost 0.1 or a
+    new one) or an unreadable one (logged)."""
+    path = directory / MARK_NAME
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    if len(data) >= MARK.size:
+        magic, lsn, crc = MARK.unpack_from(data, 0)
+        if magic == MARK_MAGIC and crc == zlib.crc32(data[:MARK.size - 4]):
+            return int(lsn)
+    log.error("journal %s is unreadable: the end of the journal cannot be checked", path)
+    return None
+
+
+def _pack_mark(lsn: int) -> bytes:
+    head = MARK_MAGIC + lsn.to_bytes(8, "little")
+    return head + zlib.crc32(head).to_bytes(4, "little")
+
+
+def write_mark(directory: Path, lsn: int) -> None:
+    """Set the mark durably (after start-up accepted a loss: the history ends at `lsn`)."""
+    fd = os.open(directory / MARK_NAME, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.pwrite(fd, _pack_mark(lsn), 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    _fsync_dir(directory)
+
+
 class JournalWriter:
     """Appends records to the newest segment; `flush()` makes them durable.
 
@@ -209,6 +284,10 @@ class JournalWriter:
         self._size = 0
         self._segment: Segment | None = None
         directory.mkdir(parents=True, exist_ok=True)
+        self._mark = os.open(directory / MARK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        self._mark_failed = False
+        if os.fstat(self._mark).st_size < MARK.size:  # new, or from before marks existed
+            self._write_mark(self.durable_lsn)
         existing = segments(directory)
         if existing:
             seg = existing[-1]
@@ -275,6 +354,18 @@ class JournalWriter:
         os.fdatasync(self._fd)  # an error here is fatal: never retried
         self._size = before + len(data)
         self.durable_lsn = last_lsn
+        self._write_mark(last_lsn)
+
+    def _write_mark(self, lsn: int) -> None:
+        # the same 16 bytes in place: no allocation, so no ENOSPC; one pwrite, so a kill -9
+        # leaves the old or the new value. Unsynced: a power loss may keep an older value.
+        try:
+            os.pwrite(self._mark, _pack_mark(lsn), 0)
+        except OSError as exc:
+            if not self._mark_failed:
+                self._mark_failed = True
+                log.error("journal %s cannot be updated (%s): a journal cut short will not be "
+                          "noticed at the next start", self.directory / MARK_NAME, exc)
 
     def _open_segment(self, first_lsn: int) -> None:
         if self._fd is not None:
@@ -311,3 +402,6 @@ class JournalWriter:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        if self._mark >= 0:
+            os.close(self._mark)
+            self._mark = -1

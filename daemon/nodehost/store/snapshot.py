@@ -20,7 +20,7 @@ from typing import Any
 from ..errors import rebuild
 from .journal import _fsync_dir, _write_all
 
-__all__ = ["SnapshotCorrupt", "list_snapshots", "read_newest", "write_snapshot"]
+__all__ = ["SnapshotCorrupt", "list_snapshots", "read_newest", "read_snapshot", "write_snapshot"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,15 @@ def _read(path: Path) -> tuple[int, bytes]:
     if zlib.crc32(body) != crc:
         raise SnapshotCorrupt(path, "checksum mismatch")
     return lsn, body
+
+
+def read_snapshot(path: Path, lsn: int) -> bytes:
+    """The body of the snapshot at `path`, named for `lsn`; SnapshotCorrupt if it does not
+    validate."""
+    found_lsn, body = _read(path)
+    if found_lsn != lsn:
+        raise SnapshotCorrupt(path, f"says record {found_lsn}, its name {lsn}")
+    return body
 
 
 def read_newest(directory: Path) -> tuple[int, bytes] | None:

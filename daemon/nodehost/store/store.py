@@ -25,9 +25,10 @@ import msgspec
 from anyio.abc import TaskStatus
 
 from .. import collector
-from ..commands import Forget
+from ..commands import Forget, Submit
 from ..config import JournalConfig
 from ..errors import NodehostError
+from .continuity import read_history, settle_loss
 from .journal import DiskFull, JournalWriter, read_journal
 from .records import Record, decode_record, encode_record
 from .snapshot import read_newest, write_snapshot
@@ -60,7 +61,9 @@ class Store:
         *,
         full_retry_interval: float = 1.0,
         segment_bytes: int | None = None,  # smaller segments than the config allows (tests)
+        accept_loss: bool = False,  # start on an incomplete history (the operator said so)
     ) -> None:
+        self.accept_loss = accept_loss
         self.directory = directory
         self.fsync: Literal["always", "batch"] = config.fsync
         self.batch_interval = config.batch_interval_ms / 1000
@@ -93,24 +96,30 @@ class Store:
     def open(self) -> Recovered:
         """Read the newest valid snapshot and the journal after it; ready the writer.
 
-        Raises JournalCorrupt for damage that is not a torn tail.
+        Raises HistoryIncomplete when acknowledged records are missing or damaged (see
+        `continuity`), unless the store was made with `accept_loss`: then what is left is
+        snapshotted and the journal starts again after it.
         """
         started = time.perf_counter()
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         records: list[Record] = []
         with collector.paused():
-            snapshot = read_newest(self.snapshot_dir)
-            lsn = 0
-            if snapshot is not None:
-                lsn, body = snapshot
-                records.extend(_unpack_snapshot(body))
-            self.snapshot_lsn = lsn
-            last = lsn
-            for record_lsn, payload in read_journal(self.journal_dir):
-                if record_lsn <= lsn:
-                    continue  # already in the snapshot
-                records.append(decode_record(payload))
-                last = record_lsn
+            history = read_history(self.directory, accept_loss=self.accept_loss)
+            if history.snapshot_body is not None:
+                records.extend(_unpack_snapshot(history.snapshot_body))
+            records.extend(decode_record(payload) for _, payload in history.journal)
+            lsn = last = history.last_lsn
+            if not history.losses:
+                lsn = history.snapshot_lsn
+            else:  # a loss the operator accepted: start again from what is left
+                if history.orphans_possible:
+                    records = _without_orphans(records)
+                write_snapshot(self.snapshot_dir, last,
+                               _pack_snapshot([encode_record(r) for r in records]))
+                settle_loss(self.journal_dir, last)
+                log.critical("started with %d records of history, snapshotted at record %d",
+                             len(records), last)
+        self.snapshot_lsn = lsn
         self._writer = JournalWriter(self.journal_dir, next_lsn=last + 1,
                                      segment_bytes=self._segment_bytes)
         self.records_since_snapshot = last - lsn
@@ -265,6 +274,12 @@ class Store:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+
+
+def _without_orphans(records: list[Record]) -> list[Record]:
+    """The records of runs whose Submit is in the history (the rest began in what was lost)."""
+    started = {r.run_id for r in records if isinstance(r, Submit)}
+    return [r for r in records if isinstance(r, Forget) or r.run_id in started]
 
 
 def _pack_snapshot(items: list[bytes]) -> bytes:
