@@ -244,11 +244,11 @@ class _DamagedFail(_Fail):
 
 @main.command()
 @_config_option
-@click.option("--accept-journal-loss", is_flag=True,
+@click.option("--accept-journal-loss", is_flag=True, envvar="NODEHOST_ACCEPT_JOURNAL_LOSS",
               help="Start even though the history in the state directory is incomplete or "
                    "damaged: the damaged files are moved into damaged-<time>/ beside the "
                    "journal and the daemon goes on with what is left. Only after reading "
-                   "what a normal start refused on.")
+                   "what a normal start refused on (or set NODEHOST_ACCEPT_JOURNAL_LOSS=1).")
 def serve(config_path: str | None, accept_journal_loss: bool) -> None:
     """Run the daemon: the HTTP API on the configured socket, until SIGTERM or SIGINT.
 

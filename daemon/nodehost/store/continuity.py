@@ -76,8 +76,9 @@ class HistoryIncomplete(NodehostError):
             f"{found}\n"
             "To proceed, stop the service and copy the state directory aside as a backup; "
             "then restore it from a backup, or start once with `nodehost serve "
-            "--accept-journal-loss` to go on with what is left (the damaged files are moved "
-            f"into {directory}/damaged-<time>/, and runs whose start was lost are dropped)."
+            "--accept-journal-loss` (NODEHOST_ACCEPT_JOURNAL_LOSS=1 for the systemd unit, "
+            "see docs/operations.md) to go on with what is left: the damaged files are moved "
+            f"into {directory}/damaged-<time>/, and runs whose start was lost are dropped."
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
