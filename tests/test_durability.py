@@ -36,6 +36,7 @@ from nodehost.config import Config
 from nodehost.plugins import Catalog
 from nodehost.service import Daemon, StartError
 from nodehost.store import journal as journal_module
+from nodehost.store import snapshot as snapshot_module
 from nodehost.store.journal import DiskFull, JournalWriter, segments
 from nodehost.store.store import StoreFailed
 
@@ -237,6 +238,91 @@ async def test_a_full_disk_refuses_new_runs_with_507_and_keeps_serving_reads(
             release(gate_name)
             ok = await live.client.post("/runs", json=doc(node("c", seconds=0)))
             assert ok.status_code == 202
+
+
+class FullDisk:
+    """ENOSPC from the writes of one place: journal frames ("append"), a new segment's
+    header ("roll") or a snapshot ("snapshot"), while `full` is set (the writes below the
+    store, where a real full disk answers)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+        self.where = where
+        self.full = False
+        self.refused = 0
+        real = journal_module._write_all
+
+        def journal_write(fd: int, data: Any) -> None:
+            header = bytes(data[:4]) == journal_module.MAGIC and len(data) == 16
+            if self.full and (where == "roll") == header and where != "snapshot":
+                self.refused += 1
+                raise OSError(errno.ENOSPC, "No space left on device")
+            real(fd, data)
+
+        def snapshot_write(fd: int, data: Any) -> None:
+            if self.full and where == "snapshot":
+                self.refused += 1
+                raise OSError(errno.ENOSPC, "No space left on device")
+            real(fd, data)
+
+        monkeypatch.setattr(journal_module, "_write_all", journal_write)
+        monkeypatch.setattr(snapshot_module, "_write_all", snapshot_write)
+
+
+@pytest.mark.parametrize("where", ["append", "roll", "snapshot"])
+async def test_a_full_disk_anywhere_answers_507_and_recovers_by_itself(
+        monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """Whichever write finds the disk full: new runs get 507, reads and every POST get an
+    answer, the daemon keeps running, takes runs again once there is space, and after a
+    restart every acknowledged run is there."""
+    disk = FullDisk(monkeypatch, where)
+    with short_tmpdir() as tmp:
+        config = daemon_config(tmp, toml="[journal]\nsnapshot_every_records = 100\n"
+                                         "[retention]\ncheck_interval_seconds = 0.05\n")
+        acked: list[str] = []
+        async with daemon(config) as live:
+            journal = live.daemon.journal
+            assert journal is not None
+            journal.full_retry_interval = 0.05
+            acked.append(await live.submit(doc(node("a", seconds=0))))
+            await live.wait_final(acked[0])
+            if where == "roll":
+                assert journal._writer is not None
+                journal._writer.segment_bytes = 1  # every batch starts a segment
+            disk.full = True
+            answers: list[int] = []
+            with anyio.fail_after(30):
+                async with anyio.create_task_group() as tg:
+
+                    async def post() -> None:
+                        response = await live.client.post("/runs", json=doc(node("b",
+                                                                                 seconds=0)))
+                        answers.append(response.status_code)
+                        if response.status_code == 202:
+                            acked.append(response.json()["runId"])
+
+                    while not journal.full:  # a snapshot is due after about 30 runs
+                        answered = len(answers)
+                        tg.start_soon(post)  # the one that finds the disk full waits for space
+                        while len(answers) == answered and not journal.full:
+                            await anyio.sleep(0.005)  # polling both, under fail_after
+                    tg.start_soon(post)  # may wait for space (it was journaled), or be 507
+                    refused = await live.client.post("/runs", json=doc(node("c", seconds=0)))
+                    assert refused.status_code == 507, refused.text
+                    assert refused.json()["error"] == "insufficient_storage"
+                    assert (await live.client.get(f"/runs/{acked[0]}")).status_code == 200
+                    assert (await live.client.get("/healthz")).status_code == 200
+                    disk.full = False
+                while journal.full:
+                    await anyio.sleep(0.02)  # the store retries every 0.05 s
+            assert disk.refused and set(answers) <= {202, 507}
+            assert (await live.client.post("/runs", json=doc(node("d", seconds=0)))
+                    ).status_code == 202
+            for run_id in acked:
+                assert (await live.wait_final(run_id))["status"] == "succeeded"
+        async with daemon(config) as again:
+            for run_id in acked:
+                response = await again.client.get(f"/runs/{run_id}")
+                assert response.json()["status"] == "succeeded", run_id
 
 
 async def test_a_failed_fsync_stops_the_daemon(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -329,14 +329,16 @@ class Daemon:
                 dropped = forget.run_ids  # those the engine dropped
                 api.forget(dropped)
                 log.info("retention: forgot %d finished run(s)", len(dropped))
-            if journal.records_since_snapshot >= every:
+            if journal.records_since_snapshot >= every or journal.snapshot_full:
                 try:
                     await journal.compact()
-                except OSError as exc:  # a full disk, above all: the journal is intact
-                    log.error("snapshot not written (%s); the journal keeps the history, and "
-                              "the snapshot is tried again in %g s", exc,
-                              cfg.check_interval_seconds)
-            await anyio.sleep(cfg.check_interval_seconds)
+                except OSError as exc:  # the journal is intact; a full disk is logged once
+                    if not journal.snapshot_full:
+                        log.error("snapshot not written (%s); the journal keeps the history, "
+                                  "and the snapshot is tried again", exc)
+            # while new runs wait for space for a snapshot, look again soon
+            await anyio.sleep(min(cfg.check_interval_seconds, journal.full_retry_interval)
+                              if journal.snapshot_full else cfg.check_interval_seconds)
 
     async def _drain(self, api: DaemonApi, host: Host) -> None:
         """Stop admitting runs and starting nodes; let running nodes finish for up to

@@ -368,20 +368,24 @@ class JournalWriter:
                           "noticed at the next start", self.directory / MARK_NAME, exc)
 
     def _open_segment(self, first_lsn: int) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
+        """Start a new segment at `first_lsn`. The current one stays open for appends until
+        the new one is durable, so a roll the disk cannot take (DiskFull) is tried again."""
         path = self.directory / f"{first_lsn:020d}.journal"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        fd = -1
         try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
             _write_all(fd, SEGMENT_HEADER.pack(MAGIC, VERSION, first_lsn))
             os.fsync(fd)
+            _fsync_dir(self.directory)
         except OSError as exc:
-            os.close(fd)
-            path.unlink(missing_ok=True)
+            if fd >= 0:
+                os.close(fd)
+                path.unlink(missing_ok=True)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                 raise DiskFull(f"journal {path}: {os.strerror(exc.errno)}") from exc
             raise
-        _fsync_dir(self.directory)
+        if self._fd is not None:
+            os.close(self._fd)
         self._fd = fd
         self._size = SEGMENT_HEADER.size
         self._segment = Segment(path, first_lsn)

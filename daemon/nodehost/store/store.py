@@ -12,7 +12,9 @@ retried: the kernel may have dropped the pages it reported on).
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -73,7 +75,8 @@ class Store:
         self._wake = anyio.Event()
         self._hurry = anyio.Event()
         self._flushed = anyio.Event()
-        self.full = False
+        self.journal_full = False  # a batch could not be written for lack of space
+        self.snapshot_full = False  # a snapshot could not be: the disk is all but full
         self._flush_started: float | None = None
         self.snapshot_lsn = 0
         self.records_since_snapshot = 0
@@ -82,6 +85,12 @@ class Store:
         # called on the event loop with the durable lsn after each batch: what waits for its
         # records to be durable (events to publish, attempts to start) goes then
         self.durable_listeners: list[Callable[[int], None]] = []
+
+    @property
+    def full(self) -> bool:
+        """No space for the journal or a snapshot: new runs are refused (507) until there
+        is, while reads and the runs already admitted go on."""
+        return self.journal_full or self.snapshot_full
 
     @property
     def journal_dir(self) -> Path:
@@ -157,7 +166,7 @@ class Store:
         with `unless_full`, also as soon as the disk is full (nothing can be, then)."""
         target = self.last_lsn if lsn is None else lsn
         while self.durable_lsn < target:
-            if unless_full and self.full:
+            if unless_full and self.journal_full:
                 return
             await self._flushed.wait()
 
@@ -191,7 +200,7 @@ class Store:
                 await self._flush_once(writer)
         finally:
             with anyio.CancelScope(shield=True):
-                if writer.pending and not self.full:
+                if writer.pending and not self.journal_full:
                     await self._flush_once(writer)
 
     def stuck_for(self) -> float:
@@ -208,9 +217,9 @@ class Store:
             await anyio.to_thread.run_sync(writer.write_batch, batch)
         except DiskFull as exc:
             writer.give_back(batch)
-            if not self.full:
+            if not self.journal_full:
                 log.error("%s: refusing new runs until there is space again", exc)
-                self.full = True
+                self.journal_full = True
                 flushed, self._flushed = self._flushed, anyio.Event()
                 flushed.set()  # whoever waits `unless_full` goes on
             await anyio.sleep(self.full_retry_interval)
@@ -221,9 +230,10 @@ class Store:
             raise StoreFailed(f"journal write failed: {exc}") from exc
         finally:
             self._flush_started = None
-        if self.full:
-            log.warning("journal writable again: accepting new runs")
-            self.full = False
+        if self.journal_full:
+            self.journal_full = False
+            if not self.full:
+                log.warning("journal writable again: accepting new runs")
         self.batches += 1
         self.records_written += batch[1]
         flushed, self._flushed = self._flushed, anyio.Event()
@@ -265,7 +275,19 @@ class Store:
             writer.remove_before(previous + 1)
             return len(kept)
 
-        kept = await anyio.to_thread.run_sync(work)
+        try:
+            kept = await anyio.to_thread.run_sync(work)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                if not self.snapshot_full:
+                    log.error("snapshot at record %d not written (%s): refusing new runs "
+                              "until there is space for it", lsn, os.strerror(exc.errno))
+                self.snapshot_full = True
+            raise
+        if self.snapshot_full:
+            self.snapshot_full = False
+            if not self.full:
+                log.warning("snapshot written: there is space again, accepting new runs")
         self.snapshot_lsn = lsn
         self.records_since_snapshot = max(0, self.last_lsn - lsn)
         log.info("snapshot at record %d: %d records of history kept", lsn, kept)
