@@ -29,7 +29,8 @@ from nodehost.executors.subprocess import _WorkerGone
 from nodehost.idempotency import IdempotencyConflict
 from nodehost.model import ErrorInfo
 from nodehost.runs_index import CursorError
-from nodehost.service import StartError
+from nodehost.service import DamagedState, StartError
+from nodehost.store.continuity import HistoryIncomplete, Loss
 from nodehost.store.journal import DiskFull, JournalCorrupt
 from nodehost.store.snapshot import SnapshotCorrupt
 from nodehost.store.store import StoreFailed
@@ -48,6 +49,9 @@ EXAMPLES: list[tuple[BaseException, tuple[str, ...]]] = [
     (JournalCorrupt(Path("store/00000001.seg"), 16, "bad frame"),
      ("path", "offset", "reason")),
     (SnapshotCorrupt(Path("store/snap-1"), "bad checksum"), ("path", "reason")),
+    (HistoryIncomplete(Path("store"), [Loss(Path("store/journal/1.journal"), "gone", 1, 9)]),
+     ("directory", "losses")),
+    (DamagedState("the history is incomplete"), ()),
     (AttemptFailed(ErrorInfo(code="E.TIMEOUT", message="slow"), retryable=False),
      ("error", "retryable")),
     (_WorkerGone("pipe closed"), ()),

@@ -22,10 +22,11 @@ TIERS: dict[str, int] = {
     "hookspecs": 2, "node_api": 2, "plugins": 2, "validate": 2, "documents": 2, "__init__": 2,
     # 3: the state machine; the bus and the store (the only writer to disk)
     "runstate": 3, "engine": 3, "bus": 3, "store": 3, "store.journal": 3,
-    "store.snapshot": 3, "store.store": 3,
+    "store.snapshot": 3, "store.store": 3, "store.continuity": 3,
     # 4: running things: the scheduler, executors, recovery, the composition of a host
     "scheduler": 4, "executors": 4, "executors.frames": 4, "executors.inprocess": 4,
     "executors.subprocess": 4, "executors.worker": 4, "recovery": 4, "host": 4,
+    "workdirs": 4,
     # 5: the API and the daemon's surroundings
     "api": 5, "auth": 5, "configfile": 5, "http": 5, "idempotency": 5, "metrics": 5,
     "openapi": 5, "runs_index": 5, "systemd": 5,

@@ -34,7 +34,10 @@ __all__ = [
     "Listen",
     "OutputsConfig",
     "PluginsConfig",
+    "PolicyConfig",
+    "PolicyRules",
     "RetentionConfig",
+    "Sandbox",
     "SchedulerConfig",
     "ServerConfig",
     "TokenConfig",
@@ -224,6 +227,56 @@ class RetentionConfig(_Section, frozen=True):
     check_interval_seconds: PositiveSeconds = 60.0
 
 
+class Sandbox(_Section, frozen=True):
+    """What nodes may reach beyond their run's work directory (`[sandbox]`). Every node gets
+    it as `ctx.sandbox`; nodehost.std holds its nodes to it, and subprocess workers are
+    confined to it by Landlock."""
+
+    # directories file nodes may read and write, besides the run's own work directory
+    file_roots: list[str] = []
+    # programs nodehost.std.command may run (absolute paths), once the policy allows it
+    command_executables: list[str] = []
+    # the whole environment of such a program (nothing is inherited from the daemon)
+    command_env: dict[str, str] = {}
+    # destinations http.request may reach although they are loopback, private, link-local
+    # or multicast: addresses, networks (CIDR) or host names
+    http_allow: list[str] = []
+    # where each run's work directory is made (absent = <state_dir>/work)
+    work_dir: str | None = None
+    # Landlock for subprocess workers: "auto" (when the kernel has it), "require" (refuse to
+    # start without it) or "off"
+    landlock: Literal["auto", "require", "off"] = "auto"
+
+    def __post_init__(self) -> None:
+        for key, paths in (("file_roots", self.file_roots),
+                           ("command_executables", self.command_executables)):
+            for i, path in enumerate(paths):
+                if not os.path.isabs(path):
+                    raise ValueError(f"{key}[{i}]: {path!r} must be an absolute path")
+        if self.work_dir is not None and not os.path.isabs(self.work_dir):
+            raise ValueError(f"work_dir: {self.work_dir!r} must be an absolute path")
+
+
+NodeTypeGlob = Annotated[str, Meta(min_length=1, pattern=r"^[A-Za-z0-9_.*?\[\]-]+$")]
+
+
+class PolicyRules(_Section, frozen=True):
+    """Which node types a workflow may use: `allow` and `deny` are globs over node types
+    (deny wins); a node type its package marks host-privileged also needs a `privileged`
+    glob that matches it."""
+
+    allow: list[NodeTypeGlob] = msgspec.field(default_factory=lambda: ["*"])
+    deny: list[NodeTypeGlob] = []
+    privileged: list[NodeTypeGlob] = []
+
+
+class PolicyConfig(PolicyRules, frozen=True):
+    """`[policy]`: the rules for every tenant; `[policy.tenants.<name>]` narrows them for
+    one tenant (a node type must pass both)."""
+
+    tenants: dict[Tenant, PolicyRules] = {}
+
+
 class Config(_Section, frozen=True):
     scheduler: SchedulerConfig = msgspec.field(default_factory=SchedulerConfig)
     executors: ExecutorsConfig = msgspec.field(default_factory=ExecutorsConfig)
@@ -237,6 +290,8 @@ class Config(_Section, frozen=True):
     client: ClientConfig = msgspec.field(default_factory=ClientConfig)
     journal: JournalConfig = msgspec.field(default_factory=JournalConfig)
     retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
+    policy: PolicyConfig = msgspec.field(default_factory=PolicyConfig)
+    sandbox: Sandbox = msgspec.field(default_factory=Sandbox)
 
 
 class ConfigError(NodehostError):

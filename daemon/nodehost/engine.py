@@ -123,6 +123,7 @@ class Attempt(msgspec.Struct, frozen=True, gc=False):
     spec: NodeSpec
     parameters: dict[str, Any]
     timeout: float | None
+    tenant: str = "default"
 
 
 # Turns a Submit into its compiled workflow; WorkflowInvalid if it cannot be run.
@@ -286,7 +287,7 @@ class Engine:
             run_id=task.run.run_id, task_id=task.task_id, node_id=task.node_id,
             dispatch_id=task.dispatch_id, attempt=task.attempt, spec=spec,
             # a copy: a node that changes its parameters must not change the next attempt's
-            parameters=_copy(task.parameters), timeout=task.g.timeout,
+            parameters=_copy(task.parameters), timeout=task.g.timeout, tenant=task.run.tenant,
         )
 
     # --- effects -------------------------------------------------------------------------------

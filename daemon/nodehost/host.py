@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -36,6 +37,7 @@ from .recovery import RecoveryReport, recover
 from .runstate import Run
 from .scheduler import Scheduler
 from .store.store import Recovered, Store
+from .workdirs import WorkDirs
 
 __all__ = ["Host", "build_host"]
 
@@ -87,7 +89,8 @@ class Host:
                  engine: Engine, bus: EventBus, scheduler: Scheduler,
                  executors: dict[str, Executor], store: Store | None,
                  closers: list[Callable[[], Awaitable[None]]],
-                 held: WriteAheadEvents | None = None) -> None:
+                 held: WriteAheadEvents | None = None,
+                 work_dirs: WorkDirs | None = None) -> None:
         self.config = config
         self.catalog = catalog
         self.documents = documents
@@ -98,6 +101,7 @@ class Host:
         self.store = store
         self._closers = closers
         self._held = held
+        self.work_dirs = work_dirs or WorkDirs()
 
     @property
     def last_event_id(self) -> int:
@@ -203,9 +207,11 @@ def build_host(
     engine = Engine(compile=documents, recorder=store.append if store is not None else None,
                     sink=sink, now=now)
     routes = config.executors
-    subprocess = SubprocessExecutor(routes)
+    work_dirs = WorkDirs(work_root(config) if store is not None else None)
+    subprocess = SubprocessExecutor(routes, sandbox=config.sandbox, work_dirs=work_dirs)
     executors: dict[str, Executor] = {
-        "inprocess": InProcessExecutor(threads=config.scheduler.parallelism),
+        "inprocess": InProcessExecutor(threads=config.scheduler.parallelism,
+                                       sandbox=config.sandbox, work_dirs=work_dirs),
         "subprocess": subprocess,
     }
 
@@ -216,4 +222,20 @@ def build_host(
                           outputs=config.outputs)
     return Host(config=config, catalog=catalog, documents=documents, engine=engine, bus=bus,
                 scheduler=scheduler, executors=executors, store=store,
-                closers=[subprocess.aclose], held=held)
+                closers=[subprocess.aclose, _closing(work_dirs)], held=held,
+                work_dirs=work_dirs)
+
+
+def work_root(config: Config) -> Path:
+    """Where a daemon's runs get their work directories."""
+    sandbox = config.sandbox
+    if sandbox.work_dir is not None:
+        return Path(sandbox.work_dir)
+    return Path(config.server.state_path()) / "work"
+
+
+def _closing(work_dirs: WorkDirs) -> Callable[[], Awaitable[None]]:
+    async def close() -> None:
+        work_dirs.close()
+
+    return close

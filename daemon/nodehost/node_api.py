@@ -14,10 +14,12 @@ import types
 import typing
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from .config import Sandbox
 from .errors import NodeError
 from .reports import Artifact, Chunk, Metric, NodeReport, Partial, Progress
 
@@ -42,6 +44,7 @@ class _Checkpoint:
 
 
 _CHECKPOINT = _Checkpoint()
+_NO_SANDBOX_SETTINGS = Sandbox()
 
 
 class Context:
@@ -62,8 +65,16 @@ class Context:
         spec: NodeSpec,
         reporter: Reporter,
         is_cancelled: Callable[[], bool] = lambda: False,
+        tenant: str = "default",
+        work_dir: Path | None = None,
+        sandbox: Sandbox = _NO_SANDBOX_SETTINGS,
     ) -> None:
         self.run_id = run_id
+        self.tenant = tenant
+        # the run's own directory, where a node writes by default (None: the host has none)
+        self.work_dir = work_dir
+        # what the operator lets nodes reach beyond it (`[sandbox]`)
+        self.sandbox = sandbox
         self.node_id = node_id
         self.task_id = task_id
         self.attempt = attempt
@@ -160,6 +171,9 @@ class NodeSpec:
     backoff: float = 0.0
     idempotent: bool = False
     description: str = ""
+    # reaches the host beyond what [sandbox] confines (runs programs, ...): off unless the
+    # operator's [policy] names it in `privileged`
+    privileged: bool = False
     _schemas: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
     # asked once per attempt on the hot path: worked out once, here
     is_async: bool = field(init=False, repr=False, default=False)
@@ -238,11 +252,14 @@ class Package:
         backoff: float = 0.0,
         idempotent: bool = False,
         description: str | None = None,
+        privileged: bool = False,
     ) -> Callable[[NodeFunction], NodeFunction]:
         """Register the decorated function as node type `type` of this package.
 
         `retry` is the number of attempts (1 = no retry); `idempotent` says the node may be
-        run again after a host restart interrupted it.
+        run again after a host restart interrupted it; `privileged` says it acts on the host
+        beyond files and the network (it runs programs, say): workflows may use it only
+        where the operator's `[policy] privileged` names it.
         """
         if type in self.nodes:
             raise ValueError(f"package {self.name} {self.version}: node type {type!r} twice")
@@ -265,6 +282,7 @@ class Package:
                 backoff=backoff,
                 idempotent=idempotent,
                 description=description if description is not None else _first_line(fn),
+                privileged=privileged,
             )
             return fn
 

@@ -325,9 +325,12 @@ class Daemon:
         every = self.config.journal.snapshot_every_records
         while True:
             forget = Forget(run_ids=runs_to_forget(engine.runs.values(), retention, utc_now()))
+            tenants = {run_id: engine.runs[run_id].tenant for run_id in forget.run_ids}
             if forget.run_ids and host.apply(forget):
                 dropped = forget.run_ids  # those the engine dropped
                 api.forget(dropped)
+                for run_id in dropped:  # and their work directories
+                    host.work_dirs.remove(tenants[run_id], run_id)
                 log.info("retention: forgot %d finished run(s)", len(dropped))
             if journal.records_since_snapshot >= every or journal.snapshot_full:
                 try:

@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from ..config import Sandbox
 from ..reports import NodeReport
 
 __all__ = [
@@ -40,6 +41,9 @@ class Start(msgspec.Struct, tag="start", frozen=True, array_like=True):
     task_id: str
     attempt: int
     parameters: dict[str, Any]
+    tenant: str = "default"
+    work_dir: str = ""  # the run's work directory ("" when the host has none)
+    sandbox: Sandbox | None = None  # [sandbox], for ctx.sandbox (None: the defaults)
 
 
 class Hello(msgspec.Struct, tag="hello", frozen=True, array_like=True):

@@ -18,6 +18,7 @@ import anyio.from_thread
 import anyio.to_thread
 import msgspec
 
+from ..config import Sandbox
 from ..errors import Code
 from ..model import ErrorInfo
 from ..node_api import Context
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from ..engine import Attempt
     from ..node_api import NodeSpec, Reporter
     from ..reports import NodeReport
+    from ..workdirs import WorkDirs
 
 __all__ = ["InProcessExecutor", "decode_parameters", "encode_results"]
 
@@ -72,8 +74,11 @@ class InProcessExecutor:
     """Runs node functions in this process; `threads` bounds the sync nodes run at once (the
     composition root gives it the scheduler's parallelism)."""
 
-    def __init__(self, *, threads: int) -> None:
+    def __init__(self, *, threads: int, sandbox: Sandbox | None = None,
+                 work_dirs: WorkDirs | None = None) -> None:
         self._limiter = anyio.CapacityLimiter(threads)
+        self.sandbox = sandbox or Sandbox()
+        self.work_dirs = work_dirs
 
     async def execute(
         self, attempt: Attempt, reporter: Reporter, is_cancelled: Callable[[], bool]
@@ -81,23 +86,29 @@ class InProcessExecutor:
         spec = attempt.spec
         params = decode_parameters(spec, attempt.parameters)
         if spec.is_async:
-            ctx = _context(attempt, reporter, is_cancelled)
+            ctx = self._context(attempt, reporter, is_cancelled)
             value = await spec.fn(ctx, params)
         else:
-            ctx = _context(attempt, _from_thread(reporter), is_cancelled)
+            ctx = self._context(attempt, _from_thread(reporter), is_cancelled)
             value = await anyio.to_thread.run_sync(
                 partial(spec.fn, ctx, params), abandon_on_cancel=True, limiter=self._limiter
             )
         return encode_results(spec, value)
 
 
-def _context(attempt: Attempt, reporter: Reporter, is_cancelled: Callable[[], bool]) -> Context:
-    return Context(
-        run_id=attempt.run_id,
-        node_id=attempt.node_id,
-        task_id=attempt.task_id,
-        attempt=attempt.attempt,
-        spec=attempt.spec,
-        reporter=reporter,
-        is_cancelled=is_cancelled,
-    )
+    def _context(self, attempt: Attempt, reporter: Reporter,
+                 is_cancelled: Callable[[], bool]) -> Context:
+        work_dirs = self.work_dirs
+        return Context(
+            run_id=attempt.run_id,
+            node_id=attempt.node_id,
+            task_id=attempt.task_id,
+            attempt=attempt.attempt,
+            spec=attempt.spec,
+            reporter=reporter,
+            is_cancelled=is_cancelled,
+            tenant=attempt.tenant,
+            work_dir=None if work_dirs is None else work_dirs.make(attempt.tenant,
+                                                                   attempt.run_id),
+            sandbox=self.sandbox,
+        )

@@ -21,7 +21,7 @@ import anyio.lowlevel
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from ..config import ExecutorsConfig
+from ..config import ExecutorsConfig, Sandbox
 from ..errors import Code
 from ..model import ErrorInfo
 from ..reports import Chunk
@@ -31,6 +31,7 @@ from .frames import MAX_FRAME, Done, Failed, Hello, Start, ToHost, decode_to_hos
 if TYPE_CHECKING:
     from ..engine import Attempt
     from ..node_api import NodeSpec, Reporter
+    from ..workdirs import WorkDirs
 
 __all__ = ["SubprocessExecutor"]
 
@@ -80,7 +81,11 @@ class SubprocessExecutor:
         config: ExecutorsConfig = ExecutorsConfig(),
         *,
         python: str = sys.executable,
+        sandbox: Sandbox | None = None,
+        work_dirs: WorkDirs | None = None,
     ) -> None:
+        self.sandbox = sandbox or Sandbox()
+        self.work_dirs = work_dirs
         self.idle = config.idle_workers
         self.memory_limit_mb = config.memory_limit_mb
         self.kill_grace = config.kill_grace_seconds
@@ -100,10 +105,14 @@ class SubprocessExecutor:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._forward_stderr, worker, reporter)
                 try:
+                    work_dirs = self.work_dirs
+                    work_dir = ("" if work_dirs is None
+                                else str(work_dirs.make(attempt.tenant, attempt.run_id)))
                     await worker.send(Start(
                         dispatch_id=attempt.dispatch_id, run_id=attempt.run_id,
                         node_id=attempt.node_id, task_id=attempt.task_id,
                         attempt=attempt.attempt, parameters=attempt.parameters,
+                        tenant=attempt.tenant, work_dir=work_dir, sandbox=self.sandbox,
                     ))
                     outcome = await self._follow(worker, reporter)
                 except _WorkerGone:

@@ -13,11 +13,13 @@ import resource
 import sys
 import threading
 import traceback
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import anyio
 import msgspec
 
+from ..config import Sandbox
 from ..errors import Code, NodeError
 from ..node_api import Context, NodeSpec, Package, Reporter
 from ..reports import NodeReport
@@ -62,7 +64,9 @@ def _read_exactly(stream: BinaryIO, n: int) -> bytes | None:
 
 def run_attempt(spec: NodeSpec, start: Start, reporter: Reporter) -> Done | Failed:
     ctx = Context(run_id=start.run_id, node_id=start.node_id, task_id=start.task_id,
-                  attempt=start.attempt, spec=spec, reporter=reporter)
+                  attempt=start.attempt, spec=spec, reporter=reporter, tenant=start.tenant,
+                  work_dir=Path(start.work_dir) if start.work_dir else None,
+                  sandbox=start.sandbox or Sandbox())
     try:
         params = decode_parameters(spec, start.parameters)
         if spec.is_async:
