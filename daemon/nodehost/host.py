@@ -216,6 +216,8 @@ def build_host(
     }
 
     def executor_for(spec: NodeSpec) -> Executor:
+        if spec.privileged:  # never on the daemon's own privileges: in a confined worker
+            return subprocess
         return executors[routes.kind_for(spec.package)]
 
     scheduler = Scheduler(engine, config.scheduler, executor_for=executor_for, journal=store,
