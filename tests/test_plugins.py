@@ -420,8 +420,11 @@ def test_packages_json_describes_every_node_type() -> None:
     assert [n["type"] for n in std["nodes"]] == STD_TYPES
     delay = std["nodes"][1]
     assert set(delay) == {"type", "description", "timeout", "retry", "idempotent",
-                          "parametersSchema", "resultsSchema"}
+                          "privileged", "parametersSchema", "resultsSchema", "allowedFor",
+                          "refusedFor"}
     assert (delay["retry"], delay["idempotent"], delay["timeout"]) == (1, True, None)
+    assert (delay["privileged"], delay["allowedFor"], delay["refusedFor"]) == (
+        False, ["default"], {})
     defs = delay["parametersSchema"]["$defs"]
     assert "seconds" in defs[delay["parametersSchema"]["$ref"].rsplit("/", 1)[1]]["properties"]
 
@@ -443,7 +446,8 @@ def test_packages_lists_broken_plugins_as_not_loaded(installed: Callable[..., Pa
     good = next(p for p in report["packages"] if p["name"] == "acme.good")
     assert good["nodes"][0] | {"parametersSchema": None, "resultsSchema": None} == {
         "type": "acme.good.greet", "description": "Say hello to someone.", "timeout": 5.0,
-        "retry": 2, "idempotent": True, "parametersSchema": None, "resultsSchema": None}
+        "retry": 2, "idempotent": True, "parametersSchema": None, "resultsSchema": None,
+        "privileged": False, "allowedFor": ["default"], "refusedFor": {}}
 
 
 def test_run_and_validate_warn_about_a_broken_plugin_and_go_on(

@@ -252,14 +252,15 @@ class DaemonApi:
                 entry = self._entry(principal, earlier)
                 await self._durable()
                 return run_ref(entry.run), True
-        try:
-            prepared = self.host.prepare(document)
-        except WorkflowInvalid as exc:
-            raise _invalid(exc) from None
         meta = None
         if idempotency_key is not None:  # journaled with the run: kept across restarts
             meta = {"idempotencyKey": idempotency_key, "fingerprint": fingerprint.hex()}
-        run = self.host.submit(prepared, tenant=tenant, meta=meta)
+        try:
+            prepared = self.host.prepare(document)
+            # the tenant's [policy] is checked as the host admits the run
+            run = self.host.submit(prepared, tenant=tenant, meta=meta)
+        except WorkflowInvalid as exc:
+            raise _invalid(exc) from None
         self.index.add(run, run.document)
         if idempotency_key is not None:
             self.idempotency.remember(tenant, idempotency_key, fingerprint, run.run_id)

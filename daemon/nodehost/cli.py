@@ -32,6 +32,7 @@ from .graph import Graph
 from .host import Host, build_host
 from .model import RunOptions
 from .plugins import Catalog, PluginHost
+from .policy import Policy
 from .runstate import Run, run_summary
 from .store.store import StoreFailed
 
@@ -89,10 +90,17 @@ def _read(path: str) -> bytes:
         raise _Fail(f"cannot read {path}: {exc.strerror}") from None
 
 
-def _load(path: str, documents: Documents) -> Prepared:
-    """Decode and compile a document, or exit 2 listing every problem with its path."""
+def _load(path: str, documents: Documents, policy: Policy | None = None,
+          tenant: str = "default") -> Prepared:
+    """Decode and compile a document and hold it to the tenant's [policy], or exit 2
+    listing every problem with its path."""
     try:
-        return documents.prepare(_read(path))
+        prepared = documents.prepare(_read(path))
+        refused = [] if policy is None else policy.issues(
+            tenant, prepared.compiled.workflow, prepared.graph, prepared.at)
+        if refused:
+            raise WorkflowInvalid(refused)
+        return prepared
     except WorkflowInvalid as exc:
         lines = "\n".join(f"  {issue.path}: {issue.message}" for issue in exc.issues)
         raise _Fail(f"{path} is not a valid workflow ({len(exc.issues)} problem(s)):\n{lines}") \
@@ -113,13 +121,16 @@ _output_option = click.option(
 @click.argument("workflow", type=click.Path(dir_okay=False, allow_dash=True))
 @_config_option
 @_output_option
-def validate(workflow: str, config_path: str | None, output: str) -> None:
+@click.option("--tenant", default="default", show_default=True,
+              help="Hold the workflow to this tenant's [policy] (which node types it may use).")
+def validate(workflow: str, config_path: str | None, output: str, tenant: str) -> None:
     """Check WORKFLOW (a workflow or a run request, JSON) without running it."""
     config = _config(config_path)
     err = Console(stderr=True)
     catalog = _catalog(config, err)
     try:
-        prepared = _load(workflow, Documents(catalog, config.documents))
+        prepared = _load(workflow, Documents(catalog, config.documents), Policy(config.policy),
+                         tenant)
     except _Fail as exc:
         if output != "json":
             raise
@@ -168,7 +179,7 @@ def run(workflow: str, config_path: str | None, output: str, fail_fast: bool,
             view.feed(envelope)
 
     host = build_host(config, catalog, observers=[on_event])
-    prepared = _load(workflow, host.documents)
+    prepared = _load(workflow, host.documents, host.policy)
     collector.tune_for_daemon()
     if fail_fast:
         request = msgspec.structs.replace(prepared.request, options=RunOptions(fail_fast=True))
@@ -543,8 +554,16 @@ def packages(config_path: str | None, output: str) -> None:
     except PluginLoadError as exc:
         raise _Fail(f"node packages conflict: {exc}") from None
     listing = host.catalog.describe()
+    policy = Policy(config.policy)
+    tenants = sorted({"default", *config.policy.tenants, *(t.tenant for t in config.auth.tokens)})
     for entry in listing:
         entry["executor"] = config.executors.kind_for(entry["name"])
+        for node in entry["nodes"]:
+            if node["privileged"]:
+                node["executor"] = "subprocess"  # never on the daemon's own privileges
+            verdicts = {t: policy.verdict(t, node["type"], node["privileged"]) for t in tenants}
+            node["allowedFor"] = [t for t, v in verdicts.items() if v.allowed]
+            node["refusedFor"] = {t: v.reason for t, v in verdicts.items() if not v.allowed}
     errors = [{"plugin": r.plugin, "error": r.error} for r in reports if not r.ok]
     skipped = [{"plugin": r.plugin, "reason": r.skipped} for r in reports if r.skipped]
     if output == "json":
@@ -568,6 +587,12 @@ def _print_packages(out: Console, listing: list[dict[str, Any]], errors: list[di
         for node in entry["nodes"]:
             out.print(f"    {node['type']:<{width}}  {node['description']}".rstrip(),
                       markup=False)
+            marks = ["privileged"] if node["privileged"] else []
+            if node["refusedFor"]:
+                marks.append("allowed for: " + (", ".join(node["allowedFor"]) or "no tenant"))
+            if marks:
+                out.print(f"    {'':<{width}}  [{'; '.join(marks)}]", style="dim",
+                          markup=False)
     if errors:
         out.print("\nnot loaded:", style="bold red")
         for error in errors:

@@ -69,6 +69,7 @@ class Prepared:
     request: StartRunRequest
     compiled: Compiled
     definition_hash: str
+    at: str = "$.workflow"  # where the workflow is in what was sent ("$" for a bare one)
 
     @property
     def graph(self) -> Graph:
@@ -174,7 +175,7 @@ class Documents:
         known = self._compiled.get(digest)
         if known is not None:
             compiled = known if known.document == document else known.with_document(document)
-            return Prepared(request, compiled, digest)
+            return Prepared(request, compiled, digest, at)
         try:
             graph = compile_workflow(request.workflow, self.catalog, limits)
         except WorkflowInvalid as exc:
@@ -183,7 +184,7 @@ class Documents:
             raise WorkflowInvalid([Issue(at + issue.path[1:], issue.message)
                                    for issue in exc.issues]) from None
         compiled = self._compiled[digest] = Compiled(request.workflow, graph, document)
-        return Prepared(request, compiled, digest)
+        return Prepared(request, compiled, digest, at)
 
     def __call__(self, submit: Submit) -> Compiled:
         """The compiled document of a Submit the engine applies (a prepared one, or one from

@@ -26,6 +26,7 @@ from .commands import Command, Submit
 from .config import Config
 from .documents import Documents, Prepared
 from .engine import Engine, utc_now
+from .errors import WorkflowInvalid
 from .events import Envelope
 from .executors import Executor
 from .executors.inprocess import InProcessExecutor
@@ -33,6 +34,7 @@ from .executors.subprocess import SubprocessExecutor
 from .model import RunOptions
 from .node_api import NodeSpec
 from .plugins import Catalog
+from .policy import Policy
 from .recovery import RecoveryReport, recover
 from .runstate import Run
 from .scheduler import Scheduler
@@ -102,6 +104,7 @@ class Host:
         self._closers = closers
         self._held = held
         self.work_dirs = work_dirs or WorkDirs()
+        self.policy = Policy(config.policy)  # replaced by a reload
 
     @property
     def last_event_id(self) -> int:
@@ -127,6 +130,10 @@ class Host:
         `meta` is kept with the run (and journaled with it): what the API needs to
         remember about the submission, such as its Idempotency-Key."""
         prepared = document if isinstance(document, Prepared) else self.prepare(document)
+        refused = self.policy.issues(tenant, prepared.compiled.workflow, prepared.graph,
+                                     prepared.at)
+        if refused:
+            raise WorkflowInvalid(refused)
         request = prepared.request
         run_id = run_id or str(uuid.uuid4())
         accepted = self.scheduler.apply(Submit(

@@ -139,6 +139,7 @@ def _describe_spec(spec: NodeSpec) -> dict[str, Any]:
         "timeout": spec.timeout,
         "retry": spec.retry,
         "idempotent": spec.idempotent,
+        "privileged": spec.privileged,
         "parametersSchema": spec.parameters_schema(),
         "resultsSchema": spec.results_schema(),
     }

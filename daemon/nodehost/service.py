@@ -38,6 +38,7 @@ from .errors import NodehostError
 from .host import Host
 from .http import create_app
 from .plugins import Catalog
+from .policy import Policy
 from .recovery import RecoveryReport, Retention, runs_to_forget
 from .store.continuity import HistoryIncomplete
 from .store.journal import JournalCorrupt
@@ -377,18 +378,22 @@ class Daemon:
         host = self.host
         if host is not None:
             host.scheduler.set_limits(config.scheduler)
+            if config.policy != old.policy:  # new submissions only: runs admitted go on
+                host.policy = Policy(config.policy)
         if self.authenticator is not None and config.auth != old.auth:
             self.authenticator.replace(read_tokens(config.auth))
         logging.getLogger().setLevel(config.server.log_level.upper())
         restart = [name for name in ("executors", "plugins", "documents", "journal", "events",
-                                     "api") if getattr(config, name) != getattr(old, name)]
+                                     "api", "sandbox")
+                   if getattr(config, name) != getattr(old, name)]
         if (config.server.listen, config.server.state_dir, config.server.runtime_dir) != (
                 old.server.listen, old.server.state_dir, old.server.runtime_dir):
             restart.append("server (listen, directories)")
         server = msgspec.structs.replace(old.server, log_level=config.server.log_level,
                                          drain_seconds=config.server.drain_seconds)
         self.config = msgspec.structs.replace(old, scheduler=config.scheduler, auth=config.auth,
-                                              retention=config.retention, server=server)
+                                              retention=config.retention, server=server,
+                                              policy=config.policy)
         log.info("configuration reloaded%s", f"; needs a restart to change: {', '.join(restart)}"
                  if restart else "")
         return restart
