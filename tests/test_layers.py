@@ -19,7 +19,8 @@ TIERS: dict[str, int] = {
     "errors": 1, "model": 1, "bindings": 1, "graph": 1, "collector": 1,
     "config": 1, "commands": 1, "reports": 1, "events": 1, "outputs": 1, "store.records": 1,
     # 2: what node packages see, and the catalog of them
-    "hookspecs": 2, "node_api": 2, "plugins": 2, "validate": 2, "documents": 2, "policy": 2, "__init__": 2,
+    "hookspecs": 2, "node_api": 2, "plugins": 2, "validate": 2, "documents": 2, "policy": 2,
+    "__init__": 2,
     # 3: the state machine; the bus and the store (the only writer to disk)
     "runstate": 3, "engine": 3, "bus": 3, "store": 3, "store.journal": 3,
     "store.snapshot": 3, "store.store": 3, "store.continuity": 3,

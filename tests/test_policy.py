@@ -74,7 +74,8 @@ privileged = ["t.policy.host"]
 allow = ["nodehost.std.json.*"]
 """)
     assert rules.verdict("a", "t.policy.host", privileged=True).allowed
-    assert rules.verdict("a", "nodehost.std.command").reason == "[policy] deny 'nodehost.std.command'"
+    assert rules.verdict("a", "nodehost.std.command").reason == (
+        "[policy] deny 'nodehost.std.command'")
     assert rules.verdict("a", "other.node").reason == "no glob of [policy] allow matches it"
     assert rules.verdict("b", "nodehost.std.json.transform").allowed
     assert rules.verdict("b", "t.policy.safe").reason == (
