@@ -1,4 +1,9 @@
-"""`nodehost.std.http.request`: one HTTP request with httpx, checked and size-limited."""
+"""`nodehost.std.http.request`: one HTTP request with httpx, checked and size-limited.
+
+Only public addresses are reached, besides what `[sandbox] http_allow` opens: every hop is
+checked where its socket is opened (destinations.py), and redirects are followed here, one at
+a time, so that a refused hop is named as such.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +18,13 @@ from msgspec import UNSET, Meta, UnsetType, field
 from nodehost import Context, NodeError
 
 from . import package
+from .destinations import Allow, DestinationRefused, GuardedTransport
 from .structs import MiB, Params, Result
 
 __all__ = ["HttpParams", "HttpResult", "request"]
 
 EXCERPT_CHARS = 500  # of the body, in the message of an unexpected status
+MAX_REDIRECTS = 20  # httpx's default limit, kept now that the node follows redirects itself
 
 QueryValue = str | int | float | bool
 
@@ -81,15 +88,16 @@ async def request(ctx: Context, params: HttpParams) -> HttpResult:
     except httpx.InvalidURL as exc:
         raise NodeError("E.STD.HTTP.URL", f"invalid URL {params.url!r}: {exc}") from None
     timeout = httpx.Timeout(params.timeout_seconds)
+    transport = GuardedTransport(Allow.parse(ctx.sandbox.http_allow))
     with anyio.move_on_after(params.timeout_seconds) as deadline:
         try:
-            async with httpx.AsyncClient(
-                timeout=timeout, follow_redirects=params.follow_redirects
-            ) as client:
-                async with client.stream(
-                    params.method, url, headers=headers, content=content
-                ) as response:
+            async with httpx.AsyncClient(timeout=timeout, transport=transport) as client:
+                first = client.build_request(params.method, url, headers=headers, content=content)
+                response = await _send(client, first, params.follow_redirects, where)
+                try:
                     data = await _read_body(response, params.max_response_bytes, where)
+                finally:
+                    await response.aclose()
         except httpx.TimeoutException:
             _timed_out(where, params.timeout_seconds)
         except httpx.TransportError as exc:
@@ -138,6 +146,48 @@ async def request(ctx: Context, params: HttpParams) -> HttpResult:
     return result
 
 
+async def _send(
+    client: httpx.AsyncClient, request: httpx.Request, follow: bool, where: str
+) -> httpx.Response:
+    """Send `request` and follow its redirects (if asked) one hop at a time, as httpx would
+    (`next_request`: method, body and credentials handled its way), so that a hop to a
+    refused destination is reported with the URL that led there."""
+    for hop in range(MAX_REDIRECTS + 1):
+        try:
+            response = await client.send(request, stream=True)
+        except DestinationRefused as refused:
+            _refused(where, request.url, hop > 0, refused)
+        if not follow or response.next_request is None:
+            return response
+        await response.aclose()
+        request = response.next_request
+    raise NodeError(
+        "E.STD.HTTP.REDIRECTS",
+        f"{where}: more than {MAX_REDIRECTS} redirects, the last to {request.url}",
+        remediation="Check the URL for a redirect loop, or set followRedirects to false.",
+        details={"url": str(request.url)},
+    )
+
+
+def _refused(where: str, url: httpx.URL, redirected: bool, refused: DestinationRefused) -> NoReturn:
+    address = refused.address.split("%")[0]  # without an IPv6 scope, as http_allow takes it
+    opens = (f'address ("{address}") or network' if refused.host == address
+             else f'address ("{address}"), network or host name ("{refused.host}")')
+    raise NodeError(
+        "E.STD.HTTP.DESTINATION_REFUSED",
+        f"{where}: " + (f"redirected to {url}, " if redirected else "")
+        + f"refused: {refused}; [sandbox] http_allow opens such a destination by {opens}",
+        remediation="Use a public address, or ask the operator to add the destination to "
+        "http_allow in the [sandbox] section of the daemon's configuration.",
+        details={
+            "retryable": False,
+            "url": str(url),
+            "host": refused.host,
+            "address": refused.address,
+        },
+    )
+
+
 async def _read_body(response: httpx.Response, limit: int, where: str) -> bytes:
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
@@ -173,7 +223,7 @@ def _timed_out(where: str, seconds: float) -> NoReturn:
 
 
 def _is_json(response: httpx.Response) -> bool:
-    media = response.headers.get("content-type", "").split(";")[0].strip().lower()
+    media = str(response.headers.get("content-type", "")).split(";")[0].strip().lower()
     return media == "application/json" or media.endswith("+json")
 
 
