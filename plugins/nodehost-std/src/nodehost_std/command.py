@@ -1,4 +1,12 @@
-"""`nodehost.std.command`: run a program (no shell) and stream its output line by line."""
+"""`nodehost.std.command`: run a program (no shell) and stream its output line by line.
+
+A program is something the operator allowed, never something the workflow found: argv[0]
+must be the absolute path of a program in `[sandbox] command_executables`; its environment
+is `[sandbox] command_env` plus the workflow's `env`, nothing inherited from the daemon (its
+tokens, its systemd sockets); it starts in the run's work directory. The node type is
+privileged: a workflow may use it only where `[policy] privileged` names it, and it always
+runs in a subprocess worker, never in the daemon's own process.
+"""
 
 from __future__ import annotations
 
@@ -22,9 +30,25 @@ from .structs import KiB, MiB, Params, Result
 
 __all__ = ["CommandParams", "CommandResult", "command"]
 
+EXECUTABLES = "[sandbox] command_executables"
+ENV = "[sandbox] command_env"
+# Variables that make the dynamic loader run other code in any allowed program (a library
+# written to the work directory by file.write, say): only the operator may set them.
+LOADER_PREFIXES = ("LD_", "DYLD_")
+
 KILL_GRACE_SECONDS = 2.0  # SIGTERM, then SIGKILL this long after, when stopping the group
 LEFTOVER_GRACE_SECONDS = 1.0  # how long processes left behind may keep the output pipes open
 MAX_CHUNK_CHARS = 64 * KiB  # a longer line is logged in pieces of this size
+
+
+Cwd = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        description="Working directory: relative to the run's work directory (the default), "
+        "and inside it.",
+    ),
+]
 
 
 class CommandParams(Params, kw_only=True):
@@ -32,13 +56,27 @@ class CommandParams(Params, kw_only=True):
 
     argv: Annotated[
         list[str],
-        Meta(min_length=1, description="Program and arguments; argv[0] is looked up on PATH."),
+        Meta(
+            min_length=1,
+            description=(
+                f"Program and arguments; argv[0] is the absolute path of a program in "
+                f"{EXECUTABLES} (there is no PATH lookup)."
+            ),
+        ),
     ]
-    env: Annotated[dict[str, str], Meta(description="Variables to set for the program.")] = field(
-        default_factory=dict
-    )
-    inherit_env: Annotated[bool, Meta(description="Start from the host's environment.")] = True
-    cwd: Annotated[str, Meta(min_length=1, description="Working directory.")] | None = None
+    env: Annotated[
+        dict[str, str],
+        Meta(
+            description=(
+                f"Variables added to {ENV}; they may not change a variable it sets, nor set "
+                "LD_* or DYLD_* (loader) variables."
+            )
+        ),
+    ] = field(default_factory=dict)
+    inherit_env: Annotated[
+        bool, Meta(description="Must be false: nothing is inherited from the daemon.")
+    ] = False
+    cwd: Cwd | None = None
     stdin: Annotated[str, Meta(description="Text written to the program's stdin.")] | None = None
     timeout_seconds: Annotated[float, Meta(gt=0, le=7 * 86_400)] | None = None
     check: Annotated[bool, Meta(description="Fail when the program exits non-zero.")] = True
@@ -52,6 +90,11 @@ class CommandParams(Params, kw_only=True):
         for name in self.env:
             if not name or "=" in name or "\0" in name:
                 raise ValueError(f"env: {name!r} is not a valid variable name")
+        if self.inherit_env:  # the daemon's environment holds its secrets (NODEHOST_TOKEN...)
+            raise ValueError(
+                f"inheritEnv: true is not supported: a program's environment is exactly {ENV} "
+                "plus env, nothing is inherited from the daemon"
+            )
 
 
 class CommandResult(Result, kw_only=True):
@@ -61,19 +104,15 @@ class CommandResult(Result, kw_only=True):
     duration_seconds: float
 
 
-@package.node("nodehost.std.command")
+@package.node("nodehost.std.command", privileged=True)
 async def command(ctx: Context, params: CommandParams) -> CommandResult:
-    """Run a program (no shell), streaming its stdout and stderr line by line."""
+    """Run an allowed program (no shell), streaming its stdout and stderr line by line."""
     shown = _show(params.argv)
-    if params.cwd is not None and not os.path.isdir(params.cwd):
-        raise NodeError(
-            "E.STD.COMMAND.CWD",
-            f"cannot run {shown}: working directory {params.cwd!r} is not a directory",
-            remediation="Set cwd to an existing directory on the host.",
-        )
-    env = (dict(os.environ) if params.inherit_env else {}) | params.env
+    argv = [_program(ctx, params.argv[0], shown), *params.argv[1:]]
+    env = _environment(ctx, params.env, shown)
+    cwd = _working_dir(ctx, params.cwd, shown)
     started = time.monotonic()
-    process = await _start(params.argv, params.cwd, env, params.stdin is not None)
+    process = await _start(argv, cwd, env, params.stdin is not None)
     outputs = [
         _Output(ctx, "stdout", params.capture_bytes),
         _Output(ctx, "stderr", params.capture_bytes),
@@ -135,7 +174,85 @@ async def command(ctx: Context, params: CommandParams) -> CommandResult:
     )
 
 
-async def _start(argv: list[str], cwd: str | None, env: dict[str, str], stdin: bool) -> Process:
+def _program(ctx: Context, argv0: str, shown: str) -> str:
+    """The entry of [sandbox] command_executables that argv[0] names: the same path, or one
+    that resolves to the same file (`/usr/bin/python3` for `/usr/bin/python3.11`).
+
+    The entry is what runs, not argv[0]: the operator's paths and their links are theirs,
+    while a link the workflow made could be pointed elsewhere after this check. It is also
+    what the program sees as its argv[0], so that `/bin/sh` (a link to busybox, say) still
+    behaves as the operator's entry says."""
+    allowed = ctx.sandbox.command_executables
+    if not os.path.isabs(argv0):
+        why = f"argv[0] {argv0!r} is not an absolute path (programs are not looked up on PATH)"
+    else:
+        if argv0 in allowed:
+            return argv0
+        real = os.path.realpath(argv0)
+        for entry in allowed:
+            if os.path.realpath(entry) == real:
+                return entry
+        why = f"{argv0} is not in {EXECUTABLES}"
+    listed = ", ".join(allowed) if allowed else "none"
+    raise _not_allowed(
+        shown,
+        f"{why}; {EXECUTABLES} allows {listed}",
+        f"Give argv[0] as the absolute path of a program in {EXECUTABLES}, or ask the "
+        "operator to add the program there.",
+    )
+
+
+def _environment(ctx: Context, env: dict[str, str], shown: str) -> dict[str, str]:
+    """[sandbox] command_env plus the workflow's variables. The workflow adds, it does not
+    override: the operator's values (PATH, say) are what they vetted the programs with."""
+    configured = ctx.sandbox.command_env
+    fix = f"Leave out of env the variables {ENV} sets, and loader variables."
+    for name, value in env.items():
+        if name in configured and configured[name] != value:
+            why = f"env {name!r} is set by {ENV}, which a workflow may add to but not change"
+            raise _not_allowed(shown, why, fix)
+        if name.startswith(LOADER_PREFIXES):
+            why = f"env {name!r} is a dynamic loader variable, which only {ENV} may set"
+            raise _not_allowed(shown, why, fix)
+    return configured | env
+
+
+def _working_dir(ctx: Context, cwd: str | None, shown: str) -> str:
+    """The real path of `cwd` (relative to the run's work directory), inside that directory.
+
+    Checked on resolved paths rather than walked as the file nodes walk theirs: the program
+    is free to change directory once it runs, so this keeps a workflow's programs where it
+    expects them, and is not what confines them."""
+    fix = "Give cwd relative to the run's work directory, and inside it."
+    if ctx.work_dir is None:
+        why = "this host gives the run no work directory to start the program in"
+        raise _not_allowed(shown, why, fix)
+    work = os.path.realpath(ctx.work_dir)
+    real = os.path.realpath(os.path.join(work, cwd or "."))  # an absolute cwd stays itself
+    if os.path.commonpath([work, real]) != work:
+        why = f"working directory {cwd!r} is outside the run's work directory {ctx.work_dir}"
+        raise _not_allowed(shown, why, fix)
+    if not os.path.isdir(real):
+        raise NodeError(
+            "E.STD.COMMAND.CWD",
+            f"cannot run {shown}: working directory {cwd!r} is not a directory",
+            remediation="Set cwd to an existing directory inside the run's work directory.",
+        )
+    return real
+
+
+def _not_allowed(shown: str, why: str, fix: str) -> NodeError:
+    """Refuses what the operator did not allow. NodeError cannot mark itself final, so
+    details say it for clients (a retry fails the same way)."""
+    return NodeError(
+        "E.STD.COMMAND.NOT_ALLOWED",
+        f"cannot run {shown}: {why}",
+        remediation=fix,
+        details={"retryable": False},
+    )
+
+
+async def _start(argv: list[str], cwd: str, env: dict[str, str], stdin: bool) -> Process:
     try:
         return await anyio.open_process(
             argv,
@@ -147,11 +264,10 @@ async def _start(argv: list[str], cwd: str | None, env: dict[str, str], stdin: b
             start_new_session=True,  # its own process group, so that it can be killed whole
         )
     except FileNotFoundError:
-        where = "" if os.sep in argv[0] else " on PATH"
         raise NodeError(
             "E.STD.COMMAND.NOT_FOUND",
-            f"executable {argv[0]!r} not found{where}",
-            remediation="Install the program, or give its absolute path as argv[0].",
+            f"executable {argv[0]!r} not found",
+            remediation=f"Install the program there, or correct {EXECUTABLES}.",
         ) from None
     except PermissionError:
         raise NodeError(

@@ -1,8 +1,12 @@
-"""`nodehost.std.file.read` and `nodehost.std.file.write`: files on the host.
+"""`nodehost.std.file.read` and `nodehost.std.file.write`: files the operator allowed.
 
-Both are sync nodes (run in a worker thread); they poll `ctx.cancelled` between chunks.
-Overwrite and create are atomic: the bytes go to a temporary file in the same directory,
-which is fsynced and then renamed (or linked) into place, and the directory is fsynced.
+A path is relative to the run's work directory, or absolute inside it or a directory of
+`[sandbox] file_roots` (roots.py resolves it without following a link out of them); every
+file operation is then relative to the fd of the file's directory, so what was checked is
+what is used. Both are sync nodes (run in a worker thread); they poll `ctx.cancelled`
+between chunks. Overwrite and create are atomic: the bytes go to a temporary file in the
+same directory, which is fsynced and then renamed (or linked) into place, and the directory
+is fsynced.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import os
 import re
 import secrets
 import stat
-from pathlib import Path as _FsPath
+from pathlib import Path
 from typing import Annotated, Any, Literal, NoReturn
 
 import msgspec
@@ -23,12 +27,14 @@ from msgspec import Meta
 
 from nodehost import Context, NodeError
 
-from . import package
-from .structs import MiB, Params, Path, Result
+from . import package, roots
+from .roots import RootedPath
+from .structs import MiB, Params, Result
 
 __all__ = ["ReadParams", "ReadResult", "WriteParams", "WriteResult", "read_file", "write_file"]
 
 CHUNK_BYTES = 1 * MiB
+_NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC  # the last name is never a link (roots.py)
 Format = Literal["text", "json", "base64"]
 Encoding = Annotated[str, Meta(min_length=1, description="Text encoding, e.g. utf-8, latin-1.")]
 
@@ -43,7 +49,7 @@ def _check_encoding(encoding: str) -> None:
 class ReadParams(Params, kw_only=True):
     """Read a file as text, JSON or base64."""
 
-    path: Path
+    path: RootedPath
     format: Annotated[Format, Meta(description="text, json (parsed), or base64 bytes.")] = "text"
     encoding: Encoding = "utf-8"
     max_bytes: Annotated[
@@ -63,7 +69,7 @@ class ReadResult(Result, kw_only=True):
 class WriteParams(Params, kw_only=True):
     """Write a file: text as-is, any JSON value encoded, or base64 decoded to bytes."""
 
-    path: Path
+    path: RootedPath
     content: Annotated[Any, Meta(description="A string, or any JSON value with format json.")]
     format: Annotated[Format, Meta(description="How content becomes bytes.")] = "text"
     encoding: Encoding = "utf-8"
@@ -90,7 +96,7 @@ class WriteResult(Result, kw_only=True):
 @package.node("nodehost.std.file.read", idempotent=True)
 def read_file(ctx: Context, params: ReadParams) -> ReadResult:
     """Read a file as text, parsed JSON or base64, up to maxBytes."""
-    path = os.path.abspath(params.path)
+    path = roots.absolute(ctx, params.path, "read")
     try:
         data = _read(ctx, path, params.max_bytes)
     except OSError as exc:
@@ -113,33 +119,34 @@ def read_file(ctx: Context, params: ReadParams) -> ReadResult:
 @package.node("nodehost.std.file.write")
 def write_file(ctx: Context, params: WriteParams) -> WriteResult:
     """Write text, JSON or base64-decoded bytes to a file (atomically unless appending)."""
-    path = os.path.abspath(params.path)
+    path = roots.absolute(ctx, params.path, "write")
     data = _encode(params, path)
-    directory = os.path.dirname(path)
     try:
-        if params.make_dirs:
-            try:
-                os.makedirs(directory, exist_ok=True)
-            except FileExistsError:  # a file stands where a directory should be
-                raise NotADirectoryError(errno.ENOTDIR, "not a directory", directory) from None
-        elif not os.path.isdir(directory):
+        try:
+            # A symlink on the way (the last name too) is followed to its target, inside
+            # the roots: the file is written there rather than the link replaced.
+            directory, name = roots.open_parent(ctx, path, "write", make_dirs=params.make_dirs)
+        except FileNotFoundError:
+            if params.make_dirs:
+                raise
             raise NodeError(
                 "E.STD.FILE.NOT_FOUND",
-                f"cannot write {path}: directory {directory} does not exist",
+                f"cannot write {path}: directory {os.path.dirname(path)} does not exist",
                 remediation="Create the directory first, or set makeDirs to true.",
-            )
-        if os.path.isdir(path):
-            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
-        # Write through a symlink to its target rather than replacing the link itself.
-        target = os.path.realpath(path) if os.path.islink(path) else path
-        if params.mode == "append":
-            size = _append(ctx, target, data)
-        else:
-            size = _replace(ctx, target, data, exclusive=params.mode == "create")
+            ) from None
+        try:
+            if _is_dir(directory, name):
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+            if params.mode == "append":
+                size = _append(ctx, directory, name, data)
+            else:
+                size = _replace(ctx, directory, name, data, exclusive=params.mode == "create")
+        finally:
+            os.close(directory)
     except OSError as exc:
         _os_error(exc, "write", path)
     ctx.artifact(
-        resource_id=_FsPath(path).as_uri(),
+        resource_id=Path(path).as_uri(),
         type="file",
         size_bytes=size,
         metadata={"mode": params.mode, "format": params.format},
@@ -148,10 +155,17 @@ def write_file(ctx: Context, params: WriteParams) -> WriteResult:
 
 
 def _read(ctx: Context, path: str, limit: int) -> bytes:
-    with open(path, "rb") as file:
+    directory, name = roots.open_parent(ctx, path, "read")
+
+    def opener(name: str, flags: int) -> int:
+        return os.open(name, flags | _NOFOLLOW, dir_fd=directory)
+
+    try:
+        file = open(name, "rb", opener=opener)  # a directory: IsADirectoryError, fd closed
+    finally:
+        os.close(directory)
+    with file:
         info = os.fstat(file.fileno())
-        if stat.S_ISDIR(info.st_mode):
-            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
         if info.st_size > limit:
             _too_large(path, info.st_size, limit)
         data = bytearray()
@@ -217,17 +231,36 @@ def _encode(params: WriteParams, path: str) -> bytes:
         ) from None
 
 
-def _replace(ctx: Context, target: str, data: bytes, *, exclusive: bool) -> int:
-    """Write `data` to a temp file beside `target`, fsync it, then move it into place."""
-    directory, name = os.path.split(target)
-    if exclusive and os.path.lexists(target):  # fail early; _link_new makes it race-free
-        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), target)
+def _is_dir(directory: int, name: str) -> bool:
+    try:
+        return stat.S_ISDIR(os.stat(name, dir_fd=directory, follow_symlinks=False).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def _lexists(directory: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=directory, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _replace(ctx: Context, directory: int, name: str, data: bytes, *, exclusive: bool) -> int:
+    """Write `data` to a temp file beside `name`, fsync it, then move it into place.
+
+    rename and link act on the name itself, never on what a link there points to: a link
+    swapped in after the walk is replaced (or makes create fail), never written through."""
+    if exclusive and _lexists(directory, name):  # fail early; _link_new makes it race-free
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), name)
     fd, temp = _temp_file(directory, name)
+    at = {"src_dir_fd": directory, "dst_dir_fd": directory}
     try:
         try:
             if not exclusive:
                 try:  # keep the permissions of the file being replaced
-                    os.fchmod(fd, stat.S_IMODE(os.stat(target).st_mode))
+                    mode = os.stat(name, dir_fd=directory, follow_symlinks=False).st_mode
+                    os.fchmod(fd, stat.S_IMODE(mode))
                 except FileNotFoundError:
                     pass
             _write_all(ctx, fd, data)
@@ -236,52 +269,53 @@ def _replace(ctx: Context, target: str, data: bytes, *, exclusive: bool) -> int:
             os.close(fd)
         ctx.raise_if_cancelled()  # last chance to stop before the file changes
         if exclusive:
-            _link_new(temp, target)
+            _link_new(directory, temp, name)
         else:
-            os.replace(temp, target)
+            os.replace(temp, name, **at)
     finally:
         try:
-            os.unlink(temp)
+            os.unlink(temp, dir_fd=directory)
         except FileNotFoundError:
             pass
-    _fsync_dir(directory)
+    os.fsync(directory)
     return len(data)
 
 
-def _temp_file(directory: str, name: str) -> tuple[int, str]:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+def _temp_file(directory: int, name: str) -> tuple[int, str]:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW
     while True:
-        temp = os.path.join(directory, f".{name[:200]}.{secrets.token_hex(4)}.tmp")
+        temp = f".{name[:200]}.{secrets.token_hex(4)}.tmp"
         try:
-            return os.open(temp, flags, 0o666), temp  # the umask applies
+            return os.open(temp, flags, 0o666, dir_fd=directory), temp  # the umask applies
         except FileExistsError:
             continue
 
 
-def _link_new(temp: str, target: str) -> None:
-    """Put `temp` at `target` only if nothing is there (FileExistsError otherwise)."""
+def _link_new(directory: int, temp: str, name: str) -> None:
+    """Put `temp` at `name` only if nothing is there (FileExistsError otherwise)."""
     try:
-        os.link(temp, target)  # atomic and exclusive
+        os.link(temp, name, src_dir_fd=directory, dst_dir_fd=directory)  # atomic, exclusive
     except FileExistsError:
         raise
     except OSError as exc:
         if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
             raise
         # No hard links here (e.g. FAT on an SD card): reserve the name, then replace it.
-        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        os.replace(temp, target)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW
+        os.close(os.open(name, flags, 0o666, dir_fd=directory))
+        os.replace(temp, name, src_dir_fd=directory, dst_dir_fd=directory)
 
 
-def _append(ctx: Context, target: str, data: bytes) -> int:
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(target, flags, 0o666)
+def _append(ctx: Context, directory: int, name: str, data: bytes) -> int:
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW
+    fd = os.open(name, flags, 0o666, dir_fd=directory)
     try:
         _write_all(ctx, fd, data)
         os.fsync(fd)
         size = os.fstat(fd).st_size
     finally:
         os.close(fd)
-    _fsync_dir(os.path.dirname(target))
+    os.fsync(directory)
     return size
 
 
@@ -293,21 +327,13 @@ def _write_all(ctx: Context, fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _os_error(exc: OSError, action: str, path: str) -> NoReturn:
     """Turn an OSError into a NodeError that names the path."""
     if isinstance(exc, FileNotFoundError | NotADirectoryError):
         code, reason = "E.STD.FILE.NOT_FOUND", "no such file or directory"
         if isinstance(exc, NotADirectoryError):
             reason = "a part of the path is not a directory"
-        fix = "Check the path (relative paths start at the host's working directory)."
+        fix = "Check the path (relative paths start at the run's work directory)."
     elif isinstance(exc, IsADirectoryError):
         code, reason, fix = "E.STD.FILE.IS_DIRECTORY", "it is a directory", "Name a file."
     elif isinstance(exc, PermissionError):
@@ -319,8 +345,5 @@ def _os_error(exc: OSError, action: str, path: str) -> NoReturn:
     else:
         code, reason = "E.STD.FILE.IO", str(exc.strerror or exc).lower()
         fix = "Check the disk (space, health) and the path."
-    # For two-path calls (rename, link) the second one is the file being written.
-    where = exc.filename2 if isinstance(exc.filename2, str) else exc.filename
-    if isinstance(where, str) and os.path.abspath(where) != path:
-        reason += f" ({where})"
+    # (exc.filename is a name relative to a directory fd, if any: the path says more)
     raise NodeError(code, f"cannot {action} {path}: {reason}", remediation=fix) from None
