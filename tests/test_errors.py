@@ -25,6 +25,7 @@ from nodehost.client import ApiFailure, ClientError, Unreachable
 from nodehost.config import ConfigError
 from nodehost.errors import Issue, NodeError, NodehostError, PluginLoadError, WorkflowInvalid
 from nodehost.executors import AttemptFailed
+from nodehost.executors.landlock import LandlockError
 from nodehost.executors.subprocess import _WorkerGone
 from nodehost.idempotency import IdempotencyConflict
 from nodehost.model import ErrorInfo
@@ -52,6 +53,7 @@ EXAMPLES: list[tuple[BaseException, tuple[str, ...]]] = [
     (HistoryIncomplete(Path("store"), [Loss(Path("store/journal/1.journal"), "gone", 1, 9)]),
      ("directory", "losses")),
     (DamagedState("the history is incomplete"), ()),
+    (LandlockError(38, "Landlock is not supported"), ("errno", "strerror")),
     (AttemptFailed(ErrorInfo(code="E.TIMEOUT", message="slow"), retryable=False),
      ("error", "retryable")),
     (_WorkerGone("pipe closed"), ()),

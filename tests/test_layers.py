@@ -26,11 +26,11 @@ TIERS: dict[str, int] = {
     "store.snapshot": 3, "store.store": 3, "store.continuity": 3,
     # 4: running things: the scheduler, executors, recovery, the composition of a host
     "scheduler": 4, "executors": 4, "executors.frames": 4, "executors.inprocess": 4,
-    "executors.subprocess": 4, "executors.worker": 4, "recovery": 4, "host": 4,
-    "workdirs": 4,
+    "executors.subprocess": 4, "executors.worker": 4, "executors.landlock": 4,
+    "executors.confinement": 4, "recovery": 4, "host": 4, "workdirs": 4,
     # 5: the API and the daemon's surroundings
     "api": 5, "auth": 5, "configfile": 5, "http": 5, "idempotency": 5, "metrics": 5,
-    "openapi": 5, "runs_index": 5, "systemd": 5,
+    "openapi": 5, "runs_index": 5, "systemd": 5, "descendants": 5,
     # 6: entry points
     "service": 6, "cli": 6, "client": 6, "console": 6, "testing": 6, "__main__": 6,
 }

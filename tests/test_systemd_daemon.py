@@ -150,14 +150,17 @@ def test_socket_activation_serves_on_the_passed_socket() -> None:
 def test_sigterm_mid_run_then_restart_and_the_run_finishes() -> None:
     """A node still running at SIGTERM is queued again and runs after the restart."""
     with short_tmpdir() as tmp:
-        config = write_config(tmp)
-        marker = Path(tmp) / "started-once"
+        config = write_config(tmp, '[policy]\nprivileged = ["nodehost.std.command"]\n'
+                                   '[sandbox]\ncommand_executables = ["/bin/sh"]\n')
+        # not beside config.toml and state/: a confined worker may make nothing there
+        (Path(tmp) / "scratch").mkdir()
+        marker = Path(tmp) / "scratch" / "started-once"
         script = (f"if [ -e {marker} ]; then echo second; exit 0; fi; touch {marker}; "
                   "echo first; sleep 600")
         document = {"clientId": "t", "workflow": {
             "id": "w", "schemaVersion": "2025-01", "metadata": {"name": "w"},
             "nodes": [{"id": "cmd", "type": "nodehost.std.command", "package": STD,
-                       "parameters": {"argv": ["sh", "-c", script]}},
+                       "parameters": {"argv": ["/bin/sh", "-c", script]}},
                       {"id": "after", "type": "nodehost.std.delay", "package": STD,
                        "parameters": {"seconds": 0}}],
             "edges": [{"source": {"node": "cmd"}, "target": {"node": "after"}}]}}

@@ -11,10 +11,11 @@ after `store.wait_durable()` returned (a host without a journal acknowledges at 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import anyio
 import msgspec
@@ -112,6 +113,9 @@ class PackageList(msgspec.Struct, rename="camel", kw_only=True):
 class Health(msgspec.Struct, rename="camel", kw_only=True):
     status: str  # "ok" | "stopping"
     version: str
+    # subprocess workers: confined by Landlock, not ([sandbox] landlock = "off"), or not
+    # because the kernel has no Landlock
+    sandbox: Literal["landlock", "off", "unavailable"]
 
 
 class ApiError(Exception):
@@ -203,7 +207,8 @@ class DaemonApi:
         await self._stopping.wait()
 
     def health(self) -> Health:
-        return Health(status="ok" if self.admitting else "stopping", version=__version__)
+        return Health(status="ok" if self.admitting else "stopping", version=__version__,
+                      sandbox=self.host.confinement)
 
     # --- runs ----------------------------------------------------------------------------------
 
@@ -391,10 +396,11 @@ class DaemonApi:
 
 
 def daemon_host(config: Config, catalog: Catalog, journal: Store, *,
-                observers: Iterable[Callable[[Envelope], None]] = ()
-                ) -> tuple[Host, DaemonApi]:
+                observers: Iterable[Callable[[Envelope], None]] = (),
+                protect: Sequence[Path | str] = ()) -> tuple[Host, DaemonApi]:
     """The host `nodehost serve` runs, journaled in `journal` (opened), and its API (the
-    runs index, `observers` seeing every event). The benchmarks compose with this."""
+    runs index, `observers` seeing every event, workers kept from the `protect` paths).
+    The benchmarks compose with this."""
     index = RunsIndex()
-    host = build_host(config, catalog, store=journal, observers=observers)
+    host = build_host(config, catalog, store=journal, observers=observers, protect=protect)
     return host, DaemonApi(host, index=index)

@@ -273,7 +273,8 @@ def serve(config_path: str | None, accept_journal_loss: bool) -> None:
     config = _config(config_path)
     configure_logging(config.server.log_level.upper())
     daemon = Daemon(config, _catalog(config, Console(stderr=True)),
-                    accept_journal_loss=accept_journal_loss)
+                    accept_journal_loss=accept_journal_loss,
+                    config_path=config_path or os.environ.get("NODEHOST_CONFIG") or None)
     try:
         daemon.open()
     except DamagedState as exc:

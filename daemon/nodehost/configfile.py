@@ -12,7 +12,7 @@ import msgspec
 
 from .config import TOKEN_PATTERN, AuthConfig, Config, ConfigError, TokenConfig
 
-__all__ = ["load_config", "read_token", "read_tokens"]
+__all__ = ["load_config", "read_token", "read_tokens", "token_path"]
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
@@ -33,14 +33,21 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         raise ConfigError(f"{os.fspath(path)}: not valid TOML: {exc}") from None
 
 
+def token_path(entry: TokenConfig) -> str | None:
+    """Where the token of `entry` is read from (`token_file`: relative to
+    $CREDENTIALS_DIRECTORY when set); None when it is given in the config."""
+    path = entry.token_file
+    if path is not None and not os.path.isabs(path) and os.environ.get("CREDENTIALS_DIRECTORY"):
+        path = os.path.join(os.environ["CREDENTIALS_DIRECTORY"], path)
+    return path
+
+
 def read_token(entry: TokenConfig) -> str:
     """The token (from `token_file`: relative to $CREDENTIALS_DIRECTORY when set)."""
     if entry.token is not None:
         return entry.token
-    assert entry.token_file is not None
-    path = entry.token_file
-    if not os.path.isabs(path) and os.environ.get("CREDENTIALS_DIRECTORY"):
-        path = os.path.join(os.environ["CREDENTIALS_DIRECTORY"], path)
+    path = token_path(entry)
+    assert path is not None
     try:
         token = Path(path).read_text().strip()
     except (OSError, UnicodeDecodeError) as exc:

@@ -12,11 +12,11 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import msgspec
@@ -107,6 +107,12 @@ class Host:
         self.policy = Policy(config.policy)  # replaced by a reload
 
     @property
+    def confinement(self) -> Literal["landlock", "off", "unavailable"]:
+        """How subprocess workers are confined (SubprocessExecutor.confinement)."""
+        executor = self.executors["subprocess"]
+        return executor.confinement if isinstance(executor, SubprocessExecutor) else "off"
+
+    @property
     def last_event_id(self) -> int:
         """The id of the newest event published. Events whose records are not durable yet
         are held back, and they are always the newest: the ids below them went out."""
@@ -190,10 +196,13 @@ def build_host(
     store: Store | None = None,
     observers: Iterable[Observer] = (),
     now: Callable[[], datetime] = utc_now,
+    protect: Sequence[Path | str] = (),
 ) -> Host:
     """A host as `config` describes it. With `store` (opened), every accepted command is
     journaled there; `observers` see every event envelope after the bus does (an observer
-    that raises is logged, never allowed to break a state transition)."""
+    that raises is logged, never allowed to break a state transition). Subprocess workers
+    never reach the `protect` paths (the daemon gives its state and runtime directories,
+    config file, tokens and credentials) nor other tenants' work directories."""
     bus = EventBus(config.events)
     publish = bus.publish_nowait
     watchers = list(observers)
@@ -215,7 +224,8 @@ def build_host(
                     sink=sink, now=now)
     routes = config.executors
     work_dirs = WorkDirs(work_root(config) if store is not None else None)
-    subprocess = SubprocessExecutor(routes, sandbox=config.sandbox, work_dirs=work_dirs)
+    subprocess = SubprocessExecutor(routes, sandbox=config.sandbox, work_dirs=work_dirs,
+                                    protect=protect)
     executors: dict[str, Executor] = {
         "inprocess": InProcessExecutor(threads=config.scheduler.parallelism,
                                        sandbox=config.sandbox, work_dirs=work_dirs),

@@ -32,7 +32,7 @@ from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 from .openapi import PREFIX, openapi_document
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "refusing"]
 
 log = logging.getLogger(__name__)
 
@@ -325,8 +325,24 @@ def _host_of(header: str) -> str:
     return host.rpartition(":")[0] if host.count(":") == 1 else host
 
 
+# the scope extension under which a server says why the peer of a connection is refused
+_REFUSED = "nodehost.refused"
+
+
+def refusing(app: ASGIApp, message: str) -> ASGIApp:
+    """`app` (from create_app) answering every request with 403 and `message`: what the
+    server hands a connection whose peer it will not serve (one of the daemon's own
+    processes), so that the answer is an ErrorBody with a request id, and is counted."""
+    async def refused(scope: Scope, receive: Receive, send: Send) -> None:
+        extensions = {**(scope.get("extensions") or {}), _REFUSED: message}
+        await app({**scope, "extensions": extensions}, receive, send)
+
+    return refused
+
+
 class _Frame:
-    """Outermost layer: request id, Host check, metrics, and JSON for escaped errors."""
+    """Outermost layer: request id, refused peers, Host check, metrics, and JSON for
+    escaped errors."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics, allowed_hosts: Sequence[str] | None
                  ) -> None:
@@ -357,8 +373,11 @@ class _Frame:
             await send(message)
 
         t0 = time.perf_counter()
+        refused = (scope.get("extensions") or {}).get(_REFUSED)
         try:
-            if self.allowed is not None and _host_of(
+            if refused is not None:
+                await _send_error(send_with_id, 403, "forbidden", refused, request_id)
+            elif self.allowed is not None and _host_of(
                     headers.get(b"host", b"").decode("latin-1")) not in self.allowed:
                 await _send_error(send_with_id, 403, "forbidden",
                                   "the Host header is not one this daemon answers to",

@@ -24,7 +24,8 @@ _REF = "#/components/schemas/{name}"
 _ERRORS = {
     "400": "The request is invalid; `details` lists every problem.",
     "401": "A bearer token is required, or the one given is not valid.",
-    "403": "The Host header is not allowed (TCP listeners only).",
+    "403": "The Host header is not allowed (TCP listeners only), or the caller is one of the "
+           "daemon's own processes (a node's worker, or a program a node started).",
     "404": "No such run (or it belongs to another tenant).",
     "409": "Conflict: an Idempotency-Key reused with another body, or a run already ended.",
     "413": "The request body is larger than the configured limit.",

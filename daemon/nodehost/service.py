@@ -13,6 +13,7 @@ then cancel the scheduler and close the executors.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -21,22 +22,26 @@ import stat
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any, cast
 
 import anyio
 import msgspec
 import uvicorn
 from anyio.abc import TaskStatus
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from . import systemd
+from . import descendants, systemd
 from .api import DaemonApi, daemon_host
 from .auth import Authenticator
 from .commands import Forget
 from .config import Config, ConfigError, Listen
-from .configfile import read_tokens
+from .configfile import read_tokens, token_path
 from .engine import utc_now
 from .errors import NodehostError
+from .executors import landlock
+from .executors.subprocess import SubprocessExecutor
 from .host import Host
-from .http import create_app
+from .http import create_app, refusing
 from .plugins import Catalog
 from .policy import Policy
 from .recovery import RecoveryReport, Retention, runs_to_forget
@@ -49,6 +54,7 @@ __all__ = ["Daemon", "StartError", "bind_unix"]
 log = logging.getLogger(__name__)
 
 MAX_UNIX_PATH = 107  # sun_path is 108 bytes with the NUL
+REAP_SECONDS = 5.0  # how often orphans of workers are looked for (see descendants)
 
 
 class StartError(NodehostError):
@@ -74,6 +80,27 @@ class _EmbeddedServer(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
         self.ready.set()
+
+
+class _Protocol(H11Protocol):
+    """uvicorn's h11 protocol, refusing (403, every request) a connection on a Unix socket
+    whose peer is one of the daemon's own descendants: a worker, or what a node started.
+    Checked once, when the connection is made (a /proc walk: tens of microseconds)."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        sock = transport.get_extra_info("socket")
+        if sock is None or sock.family != socket.AF_UNIX:
+            return  # TCP needs a token, which no worker has
+        pid, uid = descendants.peer(sock)
+        me = os.getpid()
+        if pid in (0, me) or not descendants.descends_from(pid, uid, me):
+            return
+        log.warning("refused an API connection from pid %d: one of the daemon's own processes",
+                    pid)
+        self.app = cast(Any, refusing(self.app, "the daemon does not serve its own processes: "
+                                      "a node, or a program a node started, may not call the "
+                                      "API"))
 
 
 def bind_unix(path: str) -> socket.socket:
@@ -137,8 +164,11 @@ class Daemon:
 
     def __init__(self, config: Config, catalog: Catalog, *,
                  sockets: list[socket.socket] | None = None,
-                 accept_journal_loss: bool = False) -> None:
+                 accept_journal_loss: bool = False,
+                 config_path: str | os.PathLike[str] | None = None) -> None:
+        """`config_path`: the file `config` was read from, which workers may not read."""
         self.config = config
+        self.config_path = config_path
         self.accept_journal_loss = accept_journal_loss
         self.catalog = catalog
         self.journal: Store | None = None  # in the state directory, opened by open()
@@ -157,6 +187,7 @@ class Daemon:
         self._stop = anyio.Event()
         self._drain_scope: anyio.CancelScope | None = None
         self._stops = 0
+        self.orphans = descendants.OrphanReaper()
 
     # --- start-up ------------------------------------------------------------------------------
 
@@ -164,6 +195,7 @@ class Daemon:
         """Check tokens and listener settings, then bind; ConfigError / StartError if not."""
         config = self.config
         tokens = read_tokens(config.auth)
+        self._check_landlock()
         sockets = (self._given_sockets if self._given_sockets is not None
                    else list(systemd.listen_sockets().values()))
         if sockets:
@@ -206,6 +238,29 @@ class Daemon:
             host, port = self._sockets[0].getsockname()[:2]
             self.address = str(Listen("tcp", host=host, port=port))
 
+    def _check_landlock(self) -> None:
+        mode = self.config.sandbox.landlock
+        if mode == "off" or landlock.abi():
+            return
+        if mode == "require":
+            raise StartError('[sandbox] landlock = "require", but this kernel has no Landlock '
+                             "(Linux 5.13+, with landlock in its lsm= list): not starting")
+        log.warning("this kernel has no Landlock: subprocess workers run unconfined and can "
+                    'read the daemon\'s state ([sandbox] landlock = "require" refuses to start '
+                    'so; "off" says it is meant)')
+
+    def _protected(self) -> list[str]:
+        """What no worker may reach: the state directory (the journal, the work root), the
+        runtime directory (socket, pid file), the config file, token files, credentials."""
+        config = self.config
+        paths = [config.server.state_path(), config.server.runtime_path()]
+        if self.config_path is not None:
+            paths.append(os.fspath(self.config_path))
+        paths.extend(p for p in map(token_path, config.auth.tokens) if p is not None)
+        if os.environ.get("CREDENTIALS_DIRECTORY"):
+            paths.append(os.environ["CREDENTIALS_DIRECTORY"])
+        return [os.path.abspath(p) for p in paths]
+
     def _write_pidfile(self) -> None:
         """`<runtime_dir>/nodehost.pid`, for `nodehost reload` (removed at exit)."""
         runtime = self.config.server.runtime_path()
@@ -240,7 +295,11 @@ class Daemon:
         config = self.config
         journal = self.journal
         assert journal is not None
-        host, api = self.host, self.api = daemon_host(config, self.catalog, journal)
+        host, api = self.host, self.api = daemon_host(config, self.catalog, journal,
+                                                      protect=self._protected())
+        workers = host.executors["subprocess"]
+        if isinstance(workers, SubprocessExecutor):
+            self.orphans = descendants.OrphanReaper(keep=lambda: workers.pids)
         allowed = None
         if self.transport == "tcp":
             allowed = list(config.server.allowed_hosts)
@@ -253,15 +312,18 @@ class Daemon:
             api.restore(host.engine.runs.values())
         app = create_app(api, authenticator=self.authenticator, allowed_hosts=allowed)
         server = _EmbeddedServer(uvicorn.Config(
-            app, http="h11", ws="none", lifespan="off", log_config=None,
+            app, http=_Protocol, ws="none", lifespan="off", log_config=None,
             access_log=config.server.access_log, proxy_headers=False, server_header=False,
             timeout_graceful_shutdown=config.server.stop_timeout_seconds,  # type: ignore[arg-type]
         ))
+        subreaper = self._become_subreaper()
         try:
             async with anyio.create_task_group() as keeper:
                 try:
                     async with host.running(), anyio.create_task_group() as tg:
                         keeper.start_soon(self._maintain, journal, host, api)
+                        if subreaper is not None:
+                            keeper.start_soon(self._reap_orphans)
                         tg.start_soon(server.serve, self._sockets)
                         await server.ready.wait()
                         log.info("nodehost listening on %s (%s)", self.address,
@@ -281,7 +343,24 @@ class Daemon:
         finally:
             self._cleanup()
             journal.close()
+            if subreaper is not None:
+                descendants.set_subreaper(subreaper)
         log.info("nodehost stopped")
+
+    def _become_subreaper(self) -> bool | None:
+        """Orphans of workers become our children, so that the descendants check sees
+        them (the previous setting, to restore; None if the kernel refused)."""
+        try:
+            return descendants.set_subreaper(True)
+        except OSError as exc:
+            log.warning("%s: a node's double fork escapes the check of API connections "
+                        "from the daemon's own processes", exc)
+            return None
+
+    async def _reap_orphans(self) -> None:
+        while True:
+            await anyio.sleep(REAP_SECONDS)
+            self.orphans.reap()
 
     def _status(self, host: Host) -> str:
         """The one-line summary systemctl status shows."""

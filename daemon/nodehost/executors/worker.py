@@ -1,8 +1,11 @@
-"""The worker process: `python -m nodehost.executors.worker MODULE QUALNAME PACKAGE VERSION TYPE`.
+"""The worker process: `python -m nodehost.executors.worker MODULE QUALNAME PACKAGE VERSION TYPE
+TENANT`.
 
-It imports one node function, says `Hello`, then runs the attempts the host sends, one at a
-time, until its stdin closes. The protocol owns file descriptor 1: `print()` in node code is
-redirected to stderr, which the host streams as the node's "stderr" log channel.
+It confines itself as the host says (`confinement`: before any code of the node's package is
+imported), imports one node function, says `Hello`, then runs the attempts of its tenant the
+host sends, one at a time, until its stdin closes. The protocol owns file descriptor 1:
+`print()` in node code is redirected to stderr, which the host streams as the node's
+"stderr" log channel.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import importlib
 import os
 import resource
+import shutil
 import sys
 import threading
 import traceback
@@ -23,7 +27,7 @@ from ..config import Sandbox
 from ..errors import Code, NodeError
 from ..node_api import Context, NodeSpec, Package, Reporter
 from ..reports import NodeReport
-from . import AttemptFailed
+from . import AttemptFailed, confinement, landlock
 from .frames import Done, Failed, Hello, Start, decode_to_worker, encode, header
 from .inprocess import decode_parameters, encode_results
 
@@ -92,7 +96,7 @@ def run_attempt(spec: NodeSpec, start: Start, reporter: Reporter) -> Done | Fail
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    module, qualname, package, version, type = args[:5]
+    module, qualname, package, version, type, tenant = args[:6]
     memory_mb = int(os.environ.get("NODEHOST_WORKER_MEMORY_MB", "0"))
     if memory_mb > 0:
         limit = memory_mb * 1024 * 1024
@@ -103,7 +107,20 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout = sys.stderr
     protocol_in = os.fdopen(os.dup(0), "rb")
     writer = _FrameWriter(protocol_out)
-    spec = load_spec(module, qualname, package, version, type)
+    try:
+        confined = confinement.apply_from_environ(os.environ)
+    except (landlock.LandlockError, msgspec.DecodeError) as exc:
+        print(f"cannot confine the worker: {exc}", file=sys.stderr)  # the host shows it
+        return 70
+    try:
+        return _serve(load_spec(module, qualname, package, version, type), tenant, writer,
+                      protocol_in)
+    finally:  # the host removes it too, unless it is gone (killed) already
+        if confined is not None and confined.temp is not None:
+            shutil.rmtree(confined.temp, ignore_errors=True)
+
+
+def _serve(spec: NodeSpec, tenant: str, writer: _FrameWriter, protocol_in: BinaryIO) -> int:
     writer.send(Hello(pid=os.getpid(), python=sys.version.split()[0]))
 
     def reporter(report: NodeReport) -> None:
@@ -123,7 +140,13 @@ def main(argv: list[str] | None = None) -> int:
         body = _read_exactly(protocol_in, header.unpack(head)[0])
         if body is None:
             return 0
-        outcome = run_attempt(spec, decode_to_worker(body), reporter)
+        start = decode_to_worker(body)
+        if start.tenant != tenant:  # confined for another tenant: never run it here
+            outcome: Done | Failed = Failed(
+                Code.INTERNAL, f"a worker of tenant {tenant!r} was sent an attempt of "
+                f"tenant {start.tenant!r}", None, retryable=False, raised=False)
+        else:
+            outcome = run_attempt(spec, start, reporter)
         try:
             writer.send(outcome)
         except (OverflowError, TypeError) as exc:
