@@ -58,8 +58,8 @@ def document(i: int, effects: Path) -> dict[str, Any]:
         "nodes": [{"id": "a", "type": "nodehost.std.delay", "package": std,
                    "parameters": {"seconds": 0.01}},
                   {"id": "b", "type": "nodehost.std.command", "package": std,
-                   "parameters": {"argv": ["sh", "-c", f'echo load-{i} >> "{effects}"'],
-                                  "inheritEnv": False}},
+                   "parameters": {"argv": ["/bin/sh", "-c",
+                                           f'echo load-{i} >> "{effects}"']}},
                   {"id": "c", "type": "nodehost.std.delay", "package": std,
                    "parameters": {"seconds": 0.03}}],
         "edges": [{"source": {"node": "a"}, "target": {"node": "b"}},
@@ -128,20 +128,30 @@ def main() -> None:
     batch_ms = float(sys.argv[3]) if len(sys.argv) > 3 else 2.0
     socket_path = state / "run" / "nodehost.sock"
     config = state / "config.toml"
-    effects = state / "effects.log"
+    effects_dir = state / "effects"  # where the command may write: a [sandbox] file root
+    effects_dir.mkdir(exist_ok=True)
+    effects = effects_dir / "effects.log"
     config.write_text(f"""
 [server]
 listen = "unix:{socket_path}"
 state_dir = "{state / 'state'}"
 runtime_dir = "{state / 'run'}"
 drain_seconds = 0
+[scheduler]
+parallelism = 4  # the command nodes run in workers (privileged): a few, kept warm
 [executors]
 default = "inprocess"
+idle_workers = 4
 [journal]
 batch_interval_ms = {batch_ms}
 snapshot_every_records = 100
 [retention]
 check_interval_seconds = 0.2
+[policy]
+privileged = ["nodehost.std.command"]
+[sandbox]
+command_executables = ["/bin/sh"]
+file_roots = ["{effects_dir}"]
 """)
     rng = random.Random(42)
     acknowledged: list[str] = []
@@ -196,7 +206,7 @@ check_interval_seconds = 0.2
                     break
                 if status in FINAL:
                     seen_final[run_id] = status
-        time.sleep(rng.uniform(0, 0.05))  # a random point in the load, not a sync
+        time.sleep(rng.uniform(0, 0.5))  # a random point in the load, not a sync
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         stop.set()

@@ -72,7 +72,7 @@ def test_run_passes_data_along_edges() -> None:
     summary = json.loads(out)
     assert summary["status"] == "succeeded"
     nodes = nodes_by_id(summary)
-    assert nodes["report"]["result"]["stdout"] == "latest reading from boiler-2\n"
+    assert nodes["report"]["result"]["value"] == ["latest reading from", "boiler-2"]
     assert nodes["keep"]["result"]["value"] == 64.0
 
 
@@ -84,7 +84,7 @@ def test_run_container_example_returns_subgraph_results() -> None:
     assert nodes["process"]["result"]["shape"] == {"data": "ok"}
     inner = [n for n in nodes if n.endswith("::shape")]
     assert len(inner) == 1 and nodes[inner[0]]["status"] == "succeeded"
-    assert nodes["announce"]["result"]["stdout"] == "processed ok\n"
+    assert nodes["announce"]["result"]["value"] == ["processed", "ok"]
 
 
 def test_run_failing_branch_exits_1_and_skips_downstream() -> None:
@@ -105,7 +105,7 @@ def test_run_human_output_shows_progress_logs_and_summary() -> None:
     """Without a terminal, each change is a plain line; failures are tabled at the end."""
     code, out, _ = invoke("run", str(EXAMPLES / "failing-branch.json"))
     assert code == 1
-    assert "independent stdout | the other branch goes on" in out
+    assert "independent succeeded" in out
     assert "upload skipped: upstream 'flaky' failed" in out
     assert "E.DEMO.CAMERA: camera did not answer" in out
     assert out.rstrip().splitlines()[-1].startswith("run ")
@@ -161,8 +161,12 @@ def test_ctrl_c_cancels_the_run_and_reports_it(tmp_path: Path) -> None:
          "package": {"name": "nodehost.std", "version": "1.0.0"}, "parameters": {"seconds": 0}},
     ], "edges": [{"source": {"node": "wait"}, "target": {"node": "after"}}]}
     path = write(tmp_path, "long.json", doc)
+    config = tmp_path / "config.toml"  # the operator lets this one program run
+    config.write_text(f'[policy]\nprivileged = ["nodehost.std.command"]\n'
+                      f'[sandbox]\ncommand_executables = ["{sys.executable}"]\n')
     proc = subprocess.Popen(
-        [sys.executable, "-m", "nodehost", "run", path, "-o", "json", "--progress", "plain"],
+        [sys.executable, "-m", "nodehost", "run", path, "-o", "json", "--progress", "plain",
+         "--config", str(config)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:

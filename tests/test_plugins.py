@@ -402,9 +402,12 @@ def test_packages_lists_std_with_its_seven_node_types() -> None:
     lines = out.splitlines()
     assert lines[0] == "nodehost.std 1.0.0  (nodehost-std==1.0.0:std; runs inprocess)"
     assert lines[1].startswith("  Standard nodes: run a command")
-    listed = [line.split()[0] for line in lines[2:9]]
+    listed = [line.split()[0] for line in lines[2:] if line.startswith("    nodehost.")]
     assert listed == STD_TYPES
     assert "nodehost.std.delay           Wait for a number of seconds" in out
+    # the one host-privileged type says so, under its line
+    command = lines.index(next(x for x in lines if x.startswith("    nodehost.std.command")))
+    assert lines[command + 1].strip() == "[privileged; allowed for: no tenant]"
 
 
 def test_packages_json_describes_every_node_type() -> None:
