@@ -66,13 +66,12 @@ class Context:
         reporter: Reporter,
         is_cancelled: Callable[[], bool] = lambda: False,
         tenant: str = "default",
-        work_dir: Path | None = None,
+        work_dir: Path | Callable[[], Path] | None = None,
         sandbox: Sandbox = _NO_SANDBOX_SETTINGS,
     ) -> None:
         self.run_id = run_id
         self.tenant = tenant
-        # the run's own directory, where a node writes by default (None: the host has none)
-        self.work_dir = work_dir
+        self._work_dir = work_dir  # made when first asked for: most nodes never write files
         # what the operator lets nodes reach beyond it (`[sandbox]`)
         self.sandbox = sandbox
         self.node_id = node_id
@@ -83,6 +82,15 @@ class Context:
         self.node_type = spec.type
         self._reporter = reporter
         self._is_cancelled = is_cancelled
+
+    @property
+    def work_dir(self) -> Path | None:
+        """The run's own directory, where a node writes by default (None: the host has
+        none); made on first use."""
+        found = self._work_dir
+        if callable(found):
+            found = self._work_dir = found()
+        return found
 
     @property
     def cancelled(self) -> bool:

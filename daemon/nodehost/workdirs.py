@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 __all__ = ["WorkDirs"]
@@ -23,12 +24,18 @@ class WorkDirs:
         self._root = root
         self._temporary = root is None
         self._made: set[tuple[str, str]] = set()
+        self._tenants: set[str] = set()
+        self._lock = threading.Lock()
 
     @property
     def root(self) -> Path:
-        if self._root is None:
-            self._root = Path(tempfile.mkdtemp(prefix="nodehost-work-"))
-        return self._root
+        root = self._root
+        if root is None:
+            with self._lock:  # sync nodes ask for their work directory from threads
+                if self._root is None:
+                    self._root = Path(tempfile.mkdtemp(prefix="nodehost-work-"))
+                root = self._root
+        return root
 
     def tenant_dir(self, tenant: str) -> Path:
         return self.root / tenant
@@ -41,7 +48,9 @@ class WorkDirs:
         path = self.path(tenant, run_id)
         if (tenant, run_id) not in self._made:
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.chmod(path.parent, 0o700)
+            if tenant not in self._tenants:  # made by mkdir's parents= with the umask's mode
+                os.chmod(path.parent, 0o700)
+                self._tenants.add(tenant)
             self._made.add((tenant, run_id))
         return path
 

@@ -108,7 +108,7 @@ class InProcessExecutor:
             reporter=reporter,
             is_cancelled=is_cancelled,
             tenant=attempt.tenant,
-            work_dir=None if work_dirs is None else work_dirs.make(attempt.tenant,
-                                                                   attempt.run_id),
+            work_dir=None if work_dirs is None else partial(work_dirs.make, attempt.tenant,
+                                                            attempt.run_id),
             sandbox=self.sandbox,
         )

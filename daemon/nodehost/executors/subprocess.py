@@ -133,8 +133,10 @@ class SubprocessExecutor:
         self, attempt: Attempt, reporter: Reporter, is_cancelled: Callable[[], bool]
     ) -> dict[str, Any]:
         spec = attempt.spec
-        work_dirs = self.work_dirs  # made before a worker starts: it is confined to it
-        work_dir = "" if work_dirs is None else str(work_dirs.make(attempt.tenant,
+        # the worker makes it when the node first asks for it (in its tenant's directory,
+        # which exists before the worker starts: the worker is confined to it)
+        work_dirs = self.work_dirs
+        work_dir = "" if work_dirs is None else str(work_dirs.path(attempt.tenant,
                                                                    attempt.run_id))
         key = _key(spec, attempt.tenant)
         pool = self._idle[key]

@@ -17,6 +17,7 @@ import shutil
 import sys
 import threading
 import traceback
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -66,10 +67,17 @@ def _read_exactly(stream: BinaryIO, n: int) -> bytes | None:
     return data
 
 
+def _make_work_dir(path: str) -> Path:
+    """The run's work directory, made on the node's first use of `ctx.work_dir`."""
+    made = Path(path)
+    made.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return made
+
+
 def run_attempt(spec: NodeSpec, start: Start, reporter: Reporter) -> Done | Failed:
     ctx = Context(run_id=start.run_id, node_id=start.node_id, task_id=start.task_id,
                   attempt=start.attempt, spec=spec, reporter=reporter, tenant=start.tenant,
-                  work_dir=Path(start.work_dir) if start.work_dir else None,
+                  work_dir=partial(_make_work_dir, start.work_dir) if start.work_dir else None,
                   sandbox=start.sandbox or Sandbox())
     try:
         params = decode_parameters(spec, start.parameters)
