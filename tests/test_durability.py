@@ -405,3 +405,23 @@ def test_kill_9_under_load_loses_nothing_acknowledged(tmp_path: Path, kills: int
     assert report["reused_ids"] == []
     assert report["unseen_ends"] == [[], []]
     assert report["events"] > 0 and report["resets"] == 0
+
+
+async def test_a_runs_work_directory_goes_when_retention_forgets_the_run() -> None:
+    """Each run writes in a work directory of its own; retention removes it with the run."""
+    with short_tmpdir() as tmp:
+        config = daemon_config(tmp, toml="[retention]\nmax_runs = 1\n"
+                                         "check_interval_seconds = 0.05\n")
+        write = node("w", "nodehost.std.file.write", path="note.txt", content="mine")
+        async with daemon(config) as live:
+            work = Path(tmp) / "state" / "work" / "default"
+            first = await live.submit(doc(write))
+            await live.wait_final(first)
+            assert (work / first / "note.txt").read_text() == "mine"
+            second = await live.submit(doc(write))
+            await live.wait_final(second)
+            with anyio.fail_after(10):
+                while (work / first).exists():
+                    await anyio.sleep(0.02)  # retention runs every 0.05 s
+            assert (await live.client.get(f"/runs/{first}")).status_code == 404
+            assert (work / second / "note.txt").read_text() == "mine"
