@@ -14,6 +14,7 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -150,13 +151,24 @@ async def serving(layout: Layout, landlock: str = "auto") -> AsyncIterator[Serve
 # --- a real daemon -------------------------------------------------------------------------------
 
 
+def _outside_temp() -> Path:
+    """A directory this test may write in that is not under the temp directory (which a
+    worker may write to): the checkout, unless it is itself under temp, else home."""
+    temp = Path(tempfile.gettempdir()).resolve()
+    for candidate in (Path(sandbox_nodes.__file__).parent, Path.home()):
+        resolved = candidate.resolve()
+        if not resolved.is_relative_to(temp) and os.access(resolved, os.W_OK):
+            return resolved
+    raise AssertionError("no writable directory outside the temp directory to test with")
+
+
 @needs_landlock
 async def test_a_node_reaches_nothing_of_the_daemon_but_its_work_directory(
         layout: Layout) -> None:
     """Journal, tokens, config, pid file, the state directory and the other tenant's work
     directory are out of reach of a node's own code; the API refuses it with 403. Its work
     directory, its own module, temporary files and /dev/null work as ever."""
-    outside = Path(sandbox_nodes.__file__).parent / f".planted-by-a-node-{os.getpid()}"
+    outside = _outside_temp() / f".planted-by-a-node-{os.getpid()}"
     async with serving(layout) as served:
         other = await served.run(TOKEN_B, "probe")  # tenant b: its work directory and a file
         assert served.daemon.host is not None
