@@ -39,7 +39,8 @@ from nodehost.store.store import StoreFailed
 # each exception, with the attributes a handler of it reads
 EXAMPLES: list[tuple[BaseException, tuple[str, ...]]] = [
     (NodeError("E.ACME.QUOTA", "quota exceeded", "raise the quota",
-               details={"limit": 3}), ("code", "message", "remediation", "details")),
+               details={"limit": 3}, retryable=False),
+     ("code", "message", "remediation", "details", "retryable")),
     (WorkflowInvalid([Issue("$.nodes[0].id", "duplicate id")]), ("issues",)),
     (PluginLoadError("acme-vision", "entry point failed"), ("plugin", "message")),
     (NodehostError("plain"), ()),

@@ -320,7 +320,6 @@ async def run_command(parameters: dict[str, Any], sandbox: Sandbox = ALLOWED, *,
 def not_allowed(task: Any) -> str:
     assert task.status == "failed"
     assert task.error is not None and task.error.code == "E.STD.COMMAND.NOT_ALLOWED", task.error
-    assert task.error.details["retryable"] is False
     return str(task.error.message)
 
 
@@ -352,6 +351,18 @@ async def test_a_program_not_listed_is_refused(argv: list[str], why: str) -> Non
     message = not_allowed(task)
     assert why in message
     assert message.endswith(f"[sandbox] command_executables allows {PY}")
+
+
+@pytest.mark.anyio
+async def test_a_refusal_is_final_even_when_the_workflow_allows_retries() -> None:
+    """A refused program is refused again on every attempt: the node fails at once."""
+    run, _ = await run_std([{"id": "cmd", "type": "nodehost.std.command",
+                             "parameters": {"argv": ["/bin/sh", "-c", "true"]},
+                             "retry": {"maxAttempts": 3, "backoffSeconds": 0}}],
+                           sandbox=Sandbox())
+    task = run.tasks["cmd"]
+    not_allowed(task)
+    assert task.attempt == 1
 
 
 @pytest.mark.anyio

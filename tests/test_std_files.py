@@ -392,7 +392,7 @@ def refused(spec: Any, params: dict[str, Any], **context: Any) -> NodeError:
     error = fail(spec, params, **context)
     assert error.code == "E.STD.FILE.OUTSIDE_ROOTS", error
     assert "[sandbox] file_roots" in error.message
-    assert error.details is not None and error.details["retryable"] is False
+    assert error.retryable is False
     return error
 
 

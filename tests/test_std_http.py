@@ -384,7 +384,7 @@ async def test_non_public_destinations_are_refused_before_any_connection(
     sandbox = SERVERS if host == "127.0.0.2" else DEFAULTS
     error = await refusal({"url": url}, sandbox)
     assert connections == []  # refused at the check: not a packet sent, to anyone
-    assert error.details is not None and error.details["retryable"] is False
+    assert error.retryable is False and error.details is not None
     address = error.details["address"]
     assert address in addresses
     assert error.details["host"] == host.strip("[]")

@@ -46,7 +46,10 @@ class NodehostError(Exception):
 
 
 class NodeError(NodehostError):
-    """Raised by a node to fail with a code, a message and what to do about it."""
+    """Raised by a node to fail with a code, a message and what to do about it.
+
+    `retryable=False` says another attempt would fail the same way (a refusal, bad input):
+    the node fails at once even if its workflow allows more attempts."""
 
     def __init__(
         self,
@@ -55,16 +58,18 @@ class NodeError(NodehostError):
         remediation: str | None = None,
         *,
         details: dict[str, Any] | None = None,
+        retryable: bool = True,
     ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.remediation = remediation
         self.details = details
+        self.retryable = retryable
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (rebuild, (type(self), (self.code, self.message, self.remediation),
-                          {"details": self.details}))
+                          {"details": self.details, "retryable": self.retryable}))
 
     def __repr__(self) -> str:
         return f"NodeError({self.code!r}, {self.message!r})"

@@ -527,7 +527,8 @@ class Scheduler:
             if exc.remediation:
                 details["remediation"] = exc.remediation
             engine.apply(Fail(run_id=run_id, dispatch_id=dispatch_id, code=exc.code,
-                              message=exc.message, details=details or None))
+                              message=exc.message, details=details or None,
+                              retryable=exc.retryable))
         except AttemptFailed as exc:
             engine.apply(Fail(run_id=run_id, dispatch_id=dispatch_id, code=exc.error.code,
                               message=exc.error.message, details=exc.error.details,

@@ -90,7 +90,7 @@ def run_attempt(spec: NodeSpec, start: Start, reporter: Reporter) -> Done | Fail
         details = dict(exc.details or {})
         if exc.remediation:
             details["remediation"] = exc.remediation
-        return Failed(exc.code, exc.message, details or None)
+        return Failed(exc.code, exc.message, details or None, retryable=exc.retryable)
     except AttemptFailed as exc:
         return Failed(exc.error.code, exc.error.message, exc.error.details,
                       retryable=exc.retryable, raised=False)

@@ -242,13 +242,12 @@ def _working_dir(ctx: Context, cwd: str | None, shown: str) -> str:
 
 
 def _not_allowed(shown: str, why: str, fix: str) -> NodeError:
-    """Refuses what the operator did not allow. NodeError cannot mark itself final, so
-    details say it for clients (a retry fails the same way)."""
+    """Refuses what the operator did not allow (final: a retry would fail the same way)."""
     return NodeError(
         "E.STD.COMMAND.NOT_ALLOWED",
         f"cannot run {shown}: {why}",
         remediation=fix,
-        details={"retryable": False},
+        retryable=False,
     )
 
 

@@ -179,8 +179,8 @@ def _refused(where: str, url: httpx.URL, redirected: bool, refused: DestinationR
         + f"refused: {refused}; [sandbox] http_allow opens such a destination by {opens}",
         remediation="Use a public address, or ask the operator to add the destination to "
         "http_allow in the [sandbox] section of the daemon's configuration.",
+        retryable=False,
         details={
-            "retryable": False,
             "url": str(url),
             "host": refused.host,
             "address": refused.address,

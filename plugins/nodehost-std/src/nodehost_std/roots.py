@@ -176,5 +176,6 @@ def _refused(ctx: Context, action: str, path: str, why: str) -> NodeError:
             "Use a path inside the run's work directory (relative paths start there), or "
             f"have the operator add the directory to {SETTING}."
         ),
-        details={"path": path, "roots": roots, "retryable": False},
+        details={"path": path, "roots": roots},
+        retryable=False,
     )
