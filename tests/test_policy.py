@@ -84,6 +84,21 @@ allow = ["nodehost.std.json.*"]
     assert not rules.verdict("b", "t.policy.host", privileged=True).allowed
 
 
+@pytest.mark.parametrize("entry", ["10.0.0.0/33", "300.1.2.3", "no spaces.example", "::g"])
+def test_a_bad_http_allow_entry_names_the_key(entry: str) -> None:
+    with pytest.raises(msgspec.ValidationError, match=r"http_allow\[1\].*sandbox"):
+        msgspec.toml.decode(f'[sandbox]\nhttp_allow = ["10.1.0.0/16", "{entry}"]\n'.encode(),
+                            type=Config)
+
+
+def test_http_allow_takes_addresses_networks_and_host_names() -> None:
+    entries = ["127.0.0.1", "10.0.0.0/8", "fd00::/8", "::1", "intranet.example",
+               "*.corp.example", "localhost"]
+    config = msgspec.toml.decode(f"[sandbox]\nhttp_allow = {entries!r}\n".replace("'", '"')
+                                 .encode(), type=Config)
+    assert config.sandbox.http_allow == entries
+
+
 def test_a_bad_glob_in_the_config_names_the_key() -> None:
     with pytest.raises(msgspec.ValidationError, match=r"policy.deny\[0\]"):
         msgspec.toml.decode(b'[policy]\ndeny = ["a b"]\n', type=Config)

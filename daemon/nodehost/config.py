@@ -9,6 +9,7 @@ frozen; a reload builds a new Config. Reading the file is `configfile.load_confi
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass
@@ -255,6 +256,28 @@ class Sandbox(_Section, frozen=True):
                     raise ValueError(f"{key}[{i}]: {path!r} must be an absolute path")
         if self.work_dir is not None and not os.path.isabs(self.work_dir):
             raise ValueError(f"work_dir: {self.work_dir!r} must be an absolute path")
+        for i, entry in enumerate(self.http_allow):
+            problem = _destination_problem(entry)
+            if problem:
+                raise ValueError(f"http_allow[{i}]: {entry!r} {problem}")
+
+
+_HOST_NAME = re.compile(r"^(\*\.)?[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?"
+                        r"(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?$")
+
+
+def _destination_problem(entry: str) -> str | None:
+    """Why an http_allow entry is neither an address, a network nor a host name."""
+    try:
+        if "/" in entry:
+            ipaddress.ip_network(entry, strict=False)
+        elif ":" in entry or entry.replace(".", "").isdigit():
+            ipaddress.ip_address(entry)
+        elif not _HOST_NAME.match(entry):
+            return "is not an address, a network (CIDR) or a host name"
+    except ValueError as exc:
+        return f"is not a valid address or network: {exc}"
+    return None
 
 
 NodeTypeGlob = Annotated[str, Meta(min_length=1, pattern=r"^[A-Za-z0-9_.*?\[\]-]+$")]
