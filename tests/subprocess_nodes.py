@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sys
@@ -75,3 +76,15 @@ def hog(ctx: Context, params: dict) -> dict:
 def fail(ctx: Context, params: dict) -> dict:
     """Fail with a NodeError."""
     raise NodeError("E.T.NOPE", "nope", remediation="say yes")
+
+
+_left_behind: list[asyncio.Task[None]] = []
+
+
+@package.node("t.isolated.leaves_a_task")
+async def leaves_a_task(ctx: Context, params: dict) -> dict:
+    """Starts a task it never waits for; says whether the one of the previous attempt in
+    this worker is still running (the worker's event loop outlives attempts)."""
+    previous = _left_behind[-1] if _left_behind else None
+    _left_behind.append(asyncio.get_running_loop().create_task(asyncio.sleep(3600)))
+    return {"pid": os.getpid(), "previous_running": previous is not None and not previous.done()}

@@ -113,6 +113,16 @@ async def test_a_warm_worker_serves_the_next_attempt(harness: Harness) -> None:
     assert harness.executor.started == 1
 
 
+async def test_what_an_attempt_leaves_running_does_not_reach_the_next(
+        harness: Harness) -> None:
+    """The worker keeps one event loop across attempts, but a task a node left behind is
+    cancelled before the next attempt runs."""
+    first = await harness.run(node("a", "leaves_a_task"))
+    second = await harness.run(node("b", "leaves_a_task"))
+    assert first.tasks["a"].result["pid"] == second.tasks["b"].result["pid"]
+    assert second.tasks["b"].result["previous_running"] is False
+
+
 async def test_a_crash_fails_only_that_node(harness: Harness) -> None:
     """A worker killed by SIGSEGV fails its node with the signal; its sibling succeeds."""
     run = await harness.run(node("boom", "crash"), node("fine", "echo",
