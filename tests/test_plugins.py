@@ -489,3 +489,19 @@ def test_packages_conflict_exits_2_naming_both(installed: Callable[..., Path]) -
     assert "error: node packages conflict:" in err
     assert "acme-dup-a==1.0.0:nodes" in err and "acme-dup-b==3.1.0:nodes" in err
 
+
+
+def test_a_second_copy_of_a_distribution_is_reported_not_lost(
+        installed: Callable[..., Path]) -> None:
+    """Two copies of one distribution on sys.path (an editable and a regular install, a
+    PYTHONPATH layer): the first is loaded, the other is reported with both places."""
+    later = installed(("acme-good", "2.0.0", {"nodes": "plugin_fixtures.good:package"}))
+    first = installed(GOOD)  # prepended: first on sys.path
+    host, reports = load()
+    assert reports["acme-good==1.0.0:nodes"].ok
+    assert host.catalog.origin("acme.good", "1.0.0") == "acme-good==1.0.0:nodes"
+    [shadowed] = [r for r in reports.values() if r.plugin.startswith("acme-good==2.0.0")]
+    assert not shadowed.ok
+    assert str(later) in shadowed.plugin
+    assert shadowed.error is not None
+    assert f"shadowed by acme-good==1.0.0 ({first})" in shadowed.error

@@ -226,18 +226,29 @@ class PluginHost:
         allowed = None if allow is None else {_norm(a): a for a in allow}
         denied = {_norm(d) for d in deny}
         reports: list[LoadReport] = []
-        seen: set[str] = set()
+        seen: dict[str, tuple[str, str]] = {}  # normalised name: (label, where it is)
         for dist in importlib.metadata.distributions():
             dist_name = (dist.metadata.get_all("Name") or ["?"])[0]
             norm = _norm(dist_name)
-            if norm in seen:
-                continue  # the same distribution found twice on sys.path: the first wins
             eps = sorted((ep for ep in dist.entry_points if ep.group == group),
                          key=lambda ep: ep.name)
             if not eps:
                 continue
-            seen.add(norm)
             label = f"{dist_name}=={dist.version}"
+            where = str(dist.locate_file(""))
+            if norm in seen:
+                first, first_where = seen[norm]
+                if first != label:  # another version (the same one twice is, in practice,
+                    # one install seen through its build metadata too, as egg-info beside
+                    # an editable's source): only the first copy on sys.path can be
+                    # imported, so say so rather than lose the other version silently
+                    reports.append(self._broken(
+                        f"{label} ({where})",
+                        f"shadowed by {first} ({first_where}), found first on sys.path: one "
+                        "interpreter imports only one copy of a distribution; uninstall one "
+                        "of them"))
+                continue
+            seen[norm] = (label, where)
             if norm in denied or (allowed is not None and norm not in allowed):
                 why = ("denied by [plugins] deny" if norm in denied
                        else "not in [plugins] allow")
@@ -257,7 +268,7 @@ class PluginHost:
                     reports.append(self._broken(name, f"{type(exc).__name__}: {exc}"))
                     continue
                 reports.append(self._register(found, name))
-        for missing in sorted(set(allowed or {}) - seen):
+        for missing in sorted(set(allowed or {}) - set(seen)):
             assert allowed is not None
             reports.append(self._broken(
                 allowed[missing],
