@@ -88,3 +88,13 @@ async def leaves_a_task(ctx: Context, params: dict) -> dict:
     previous = _left_behind[-1] if _left_behind else None
     _left_behind.append(asyncio.get_running_loop().create_task(asyncio.sleep(3600)))
     return {"pid": os.getpid(), "previous_running": previous is not None and not previous.done()}
+
+
+@package.node("t.isolated.reserve")
+def reserve(ctx: Context, params: dict) -> dict:
+    """Map `mib` MiB of address space without touching it (costs no memory unless limited)."""
+    import mmap
+
+    area = mmap.mmap(-1, params["mib"] << 20)
+    area.close()
+    return {"reserved": params["mib"]}

@@ -240,3 +240,17 @@ def test_worker_exit_signal_names() -> None:
 
     assert _exit_text(-signal.SIGKILL) == "killed by signal SIGKILL"
     assert _exit_text(2) == "exit code 2"
+
+
+@pytest.mark.parametrize(("limit", "status"), [(None, "failed"), (0, "succeeded")],
+                         ids=["default limit", "no limit"])
+async def test_workers_have_a_memory_limit_by_default(limit: int | None, status: str) -> None:
+    """Without a word in the config a worker may map at most 2 GiB; 0 lifts the limit."""
+    catalog = Catalog()
+    catalog.add(subprocess_nodes.package)
+    executors = {} if limit is None else {"memory_limit_mb": limit}
+    host = local_host(catalog, executor="subprocess", executors=executors)
+    async with host.running():
+        run = await host.run(doc(node("r", "reserve", parameters={"mib": 3072})))
+    task = run.tasks["r"]
+    assert task.status == status, task.error

@@ -85,7 +85,9 @@ class ExecutorsConfig(_Section, frozen=True):
     inprocess: list[str] = msgspec.field(default_factory=lambda: ["nodehost.std"])
     subprocess: list[str] = []
     idle_workers: Annotated[int, Meta(ge=0, le=64)] = 2
-    memory_limit_mb: Positive | None = None
+    # address-space limit of each worker, MiB: a runaway node fails alone instead of
+    # pushing the machine into swap; 0 = no limit (for runtimes that map huge areas)
+    memory_limit_mb: Annotated[int, Meta(ge=0)] = 2048
     kill_grace_seconds: Annotated[float, Meta(ge=0, le=600)] = 1.0
 
     def kind_for(self, package: str) -> Literal["inprocess", "subprocess"]:

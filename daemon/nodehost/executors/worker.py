@@ -128,7 +128,7 @@ def run_attempt(spec: NodeSpec, start: Start, reporter: Reporter) -> Done | Fail
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     module, qualname, package, version, type, tenant = args[:6]
-    memory_mb = int(os.environ.get("NODEHOST_WORKER_MEMORY_MB", "0"))
+    memory_mb = int(os.environ.pop("NODEHOST_WORKER_MEMORY_MB", "0"))  # not for nodes
     if memory_mb > 0:
         limit = memory_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
