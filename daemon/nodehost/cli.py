@@ -97,7 +97,8 @@ def _load(path: str, documents: Documents, policy: Policy | None = None,
     try:
         prepared = documents.prepare(_read(path))
         refused = [] if policy is None else policy.issues(
-            tenant, prepared.compiled.workflow, prepared.graph, prepared.at)
+            tenant, prepared.compiled.workflow, prepared.graph, prepared.at,
+            prepared.compiled.node_types)
         if refused:
             raise WorkflowInvalid(refused)
         return prepared

@@ -29,6 +29,7 @@ from .errors import Code, Issue, NodeError, WorkflowInvalid
 from .graph import Graph
 from .model import StartRunRequest, Workflow
 from .node_api import Context, NodeSpec
+from .policy import node_types
 from .validate import (
     TOO_DEEP,
     SpecSource,
@@ -49,17 +50,28 @@ _decode_workflow = msgspec.msgpack.Decoder(Workflow).decode
 class Compiled:
     """A workflow and its graph (read-only, shared), and one run's document as sent."""
 
-    __slots__ = ("__weakref__", "document", "graph", "workflow")
+    __slots__ = ("__weakref__", "_node_types", "document", "graph", "workflow")
 
     def __init__(self, workflow: Workflow, graph: Graph, document: bytes) -> None:
         self.workflow = workflow
         self.graph = graph
         self.document = document  # msgpack-encoded
+        self._node_types: frozenset[tuple[str, bool]] | None = None
+
+    @property
+    def node_types(self) -> frozenset[tuple[str, bool]]:
+        """The distinct (node type, privileged) it uses: what [policy] decides on, worked
+        out once per compiled document rather than once per submission."""
+        if self._node_types is None:
+            self._node_types = node_types(self.graph)
+        return self._node_types
 
     def with_document(self, document: bytes) -> Compiled:
         """The same workflow and graph for a document that differs only where nodehost does
         not look (UI-only or unknown fields): it has the same definition hash."""
-        return Compiled(self.workflow, self.graph, document)
+        same = Compiled(self.workflow, self.graph, document)
+        same._node_types = self._node_types
+        return same
 
 
 @dataclass(frozen=True, slots=True)

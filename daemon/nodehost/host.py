@@ -137,7 +137,7 @@ class Host:
         remember about the submission, such as its Idempotency-Key."""
         prepared = document if isinstance(document, Prepared) else self.prepare(document)
         refused = self.policy.issues(tenant, prepared.compiled.workflow, prepared.graph,
-                                     prepared.at)
+                                     prepared.at, prepared.compiled.node_types)
         if refused:
             raise WorkflowInvalid(refused)
         request = prepared.request

@@ -22,7 +22,7 @@ from .errors import Issue
 from .graph import Graph
 from .model import Node, Workflow
 
-__all__ = ["NOT_ALLOWED", "Policy", "Verdict"]
+__all__ = ["NOT_ALLOWED", "Policy", "Verdict", "node_types"]
 
 NOT_ALLOWED = "E.POLICY.NODE_TYPE_NOT_ALLOWED"
 
@@ -81,9 +81,15 @@ class Policy:
             self._cache[key] = found
         return found
 
-    def issues(self, tenant: str, workflow: Workflow, graph: Graph, at: str) -> list[Issue]:
+    def issues(self, tenant: str, workflow: Workflow, graph: Graph, at: str,
+               node_types: frozenset[tuple[str, bool]] | None = None) -> list[Issue]:
         """Every node of the document the tenant may not use, at its path (`at` is where the
-        workflow sits in the request: `$.workflow` or `$`)."""
+        workflow sits in the request: `$.workflow` or `$`). With `node_types` (the document's
+        distinct (type, privileged), see `node_types`), a document the tenant may run is
+        passed without walking its nodes."""
+        if node_types is not None and all(self.verdict(tenant, t, p).allowed
+                                          for t, p in node_types):
+            return []
         privileged = set(_privileged(graph))
         found: list[Issue] = []
         for path, node in _nodes(workflow, at):
@@ -94,6 +100,19 @@ class Policy:
                 found.append(Issue(f"{path}.type", f"node type {node.type!r} is not allowed "
                                    f"for tenant {tenant!r}: {verdict.reason} ({NOT_ALLOWED})"))
         return found
+
+
+def node_types(graph: Graph) -> frozenset[tuple[str, bool]]:
+    """The distinct (node type, privileged) of a compiled graph, subgraphs included."""
+    found: set[tuple[str, bool]] = set()
+    stack = [graph]
+    while stack:
+        for gnode in stack.pop().nodes.values():
+            if gnode.spec is not None:
+                found.add((gnode.spec.type, gnode.spec.privileged))
+            if gnode.subgraph is not None:
+                stack.append(gnode.subgraph)
+    return frozenset(found)
 
 
 def _privileged(graph: Graph) -> Iterator[str]:
