@@ -11,7 +11,7 @@ files, and the next start finds a whole history.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import anyio
@@ -26,6 +26,18 @@ from nodehost.store.snapshot import list_snapshots
 from nodehost.store.store import Store
 
 SEGMENT_BYTES = 400  # about five records a segment
+
+
+@pytest.fixture(params=["asyncio", "trio"], autouse=True)
+def backend(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The store is anyio code: every case is written on both backends."""
+    global BACKEND
+    BACKEND = request.param
+    yield
+    BACKEND = "asyncio"
+
+
+BACKEND = "asyncio"
 
 
 def record(i: int) -> CancelRun:
@@ -52,7 +64,7 @@ def build(directory: Path, *, total: int = 60,
             tg.cancel_scope.cancel()
         store.close()
 
-    anyio.run(main)
+    anyio.run(main, backend=BACKEND)
     return [f"run-{i:03d}" for i in range(total)]
 
 
@@ -290,7 +302,7 @@ def test_accepting_a_loss_starts_on_what_is_left_and_keeps_the_damaged_files(
             tg.cancel_scope.cancel()
         store.close()
 
-    anyio.run(more)
+    anyio.run(more, backend=BACKEND)
     assert recovered(tmp_path) == [*left, "run-500"]
 
 
@@ -318,7 +330,7 @@ def test_accepting_lost_snapshots_keeps_runs_that_began_in_the_journal(tmp_path:
             tg.cancel_scope.cancel()
         store.close()
 
-    anyio.run(main)
+    anyio.run(main, backend=BACKEND)
     corrupt_all_snapshots(tmp_path)
     bad = {p.name: p.read_bytes() for p in snapshots(tmp_path)}
     with pytest.raises(HistoryIncomplete):

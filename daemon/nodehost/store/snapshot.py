@@ -84,14 +84,9 @@ def read_newest(directory: Path) -> tuple[int, bytes] | None:
     """
     for lsn, path in reversed(list_snapshots(directory)):
         try:
-            found_lsn, body = _read(path)
+            return lsn, read_snapshot(path, lsn)
         except SnapshotCorrupt as exc:
             log.error("%s; trying the previous snapshot", exc)
-            continue
-        if found_lsn != lsn:
-            log.error("snapshot %s says lsn %d; trying the previous snapshot", path, found_lsn)
-            continue
-        return lsn, body
     return None
 
 
