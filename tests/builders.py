@@ -225,7 +225,9 @@ Handler = Callable[[Attempt], dict[str, Any]]
 
 
 def _default_handler(d: Attempt) -> dict[str, Any]:
-    params = d.spec.decode_params(d.parameters)
+    code = CATALOG.code(d.spec.key)
+    assert code is not None, d.spec.key
+    params = code.decode_params(d.parameters)
     if d.spec.type == "demo.echo":
         return dict(params)
     if d.spec.type == "demo.add":

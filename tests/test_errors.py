@@ -23,10 +23,10 @@ from nodehost.auth import AuthFailed
 from nodehost.bindings import BindingPathError, MissingValue
 from nodehost.client import ApiFailure, ClientError, Unreachable
 from nodehost.config import ConfigError
+from nodehost.environments import InstallFailed
 from nodehost.errors import Issue, NodeError, NodehostError, PluginLoadError, WorkflowInvalid
 from nodehost.executors import AttemptFailed
 from nodehost.executors.landlock import LandlockError
-from nodehost.executors.subprocess import _WorkerGone
 from nodehost.idempotency import IdempotencyConflict
 from nodehost.model import ErrorInfo
 from nodehost.runs_index import CursorError
@@ -57,13 +57,13 @@ EXAMPLES: list[tuple[BaseException, tuple[str, ...]]] = [
     (LandlockError(38, "Landlock is not supported"), ("errno", "strerror")),
     (AttemptFailed(ErrorInfo(code="E.TIMEOUT", message="slow"), retryable=False),
      ("error", "retryable")),
-    (_WorkerGone("pipe closed"), ()),
     (ApiError(400, "invalid_workflow", "bad", [IssueOut("$", "x")], {"Retry-After": "5"}),
      ("status", "error", "message", "details", "headers")),
     (ApiFailure(404, "not_found", "run r not found", "req-1", [{"path": "$"}]),
      ("status", "error", "message", "request_id", "details")),
     (Unreachable("unix:/run/nodehost.sock", "refused"), ("target", "reason")),
     (ClientError("generic"), ()),
+    (InstallFailed("acme-x==1.0", "no such version"), ("spec", "message")),
     (AuthFailed("no token"), ()),
     (IdempotencyConflict("other body"), ()),
     (CursorError("stale cursor"), ()),

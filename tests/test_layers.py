@@ -17,7 +17,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "daemon" / "nodehost"
 TIERS: dict[str, int] = {
     # 1: data and pure functions
     "errors": 1, "model": 1, "bindings": 1, "graph": 1, "collector": 1,
-    "config": 1, "commands": 1, "reports": 1, "events": 1, "outputs": 1, "store.records": 1,
+    "config": 1, "descriptors": 1, "schemas": 1, "commands": 1, "reports": 1, "events": 1,
+    "outputs": 1, "store.records": 1,
     # 2: what node packages see, and the catalog of them
     "hookspecs": 2, "node_api": 2, "plugins": 2, "validate": 2, "documents": 2, "policy": 2,
     "__init__": 2,
@@ -26,10 +27,12 @@ TIERS: dict[str, int] = {
     "store.snapshot": 3, "store.store": 3, "store.continuity": 3,
     # 4: running things: the scheduler, executors, recovery, the composition of a host
     "scheduler": 4, "executors": 4, "executors.frames": 4, "executors.inprocess": 4,
+    "executors.coding": 4, "executors.describe": 4,
     "executors.subprocess": 4, "executors.worker": 4, "executors.landlock": 4,
     "executors.confinement": 4, "recovery": 4, "host": 4, "workdirs": 4,
     # 5: the API and the daemon's surroundings
-    "api": 5, "auth": 5, "configfile": 5, "http": 5, "idempotency": 5, "metrics": 5,
+    "api": 5, "environments": 5, "auth": 5, "configfile": 5, "http": 5, "idempotency": 5,
+    "metrics": 5,
     "openapi": 5, "runs_index": 5, "systemd": 5, "descendants": 5,
     # 6: entry points
     "service": 6, "cli": 6, "client": 6, "console": 6, "testing": 6, "__main__": 6,

@@ -133,14 +133,13 @@ def test_a_hook_with_wrong_argument_names_is_reported(tmp_path: Path) -> None:
 def test_the_same_node_type_from_two_distributions_stops_start_up(
     installed: Callable[..., Path]
 ) -> None:
-    """Two distributions registering one (package, version, type): an error naming both."""
+    """Two distributions providing one (package, version): an error naming both."""
     installed(("acme-dup-a", "1.0.0", {"nodes": "plugin_fixtures.duplicate:first"}),
               ("acme-dup-b", "3.1.0", {"nodes": "plugin_fixtures.duplicate:second"}))
     with pytest.raises(PluginLoadError) as info:
         load()
     message = str(info.value)
-    assert "package acme.dup==1.0.0 node type(s) 'acme.dup.run' are already registered by" \
-        in message
+    assert "package acme.dup==1.0.0 is already provided by" in message
     assert "acme-dup-a==1.0.0:nodes" in message and "acme-dup-b==3.1.0:nodes" in message
 
 
@@ -237,19 +236,31 @@ def package_with(name: str, version: str, *types: str) -> Package:
     return package
 
 
-def test_catalog_merges_disjoint_types_without_changing_packages() -> None:
-    """Two plugins may add different types to one package version; neither is mutated."""
-    a, b = package_with("p", "1", "p.a"), package_with("p", "1", "p.b")
+def test_a_package_version_has_one_provider() -> None:
+    """A second provider of a package version is refused naming both, even with other node
+    types: which of them is "p==1" would otherwise depend on load order."""
     catalog = Catalog()
-    catalog.add(a, origin="dist-a==1:x")
-    catalog.add(b, origin="dist-b==1:x")
-    assert catalog.types("p", "1") == ["p.a", "p.b"]
-    assert sorted(a.nodes) == ["p.a"] and sorted(b.nodes) == ["p.b"]
-    assert catalog.origin("p", "1") == "dist-a==1:x, dist-b==1:x"
-    with pytest.raises(PluginLoadError, match=r"^dist-c==1:x: package p==1 node type\(s\) "
-                       r"'p\.b' are already registered by dist-b==1:x$"):
-        catalog.add(package_with("p", "1", "p.b", "p.c"), origin="dist-c==1:x")
-    assert catalog.types("p", "1") == ["p.a", "p.b"]  # nothing of the refused one was added
+    catalog.add(package_with("p", "1", "p.a"), origin="dist-a==1:x")
+    with pytest.raises(PluginLoadError, match=r"^dist-b==1:x: package p==1 is already "
+                       r"provided by dist-a==1:x$"):
+        catalog.add(package_with("p", "1", "p.b"), origin="dist-b==1:x")
+    assert catalog.types("p", "1") == ["p.a"]  # nothing of the refused one was added
+    assert catalog.origin("p", "1") == "dist-a==1:x"
+
+
+def test_a_renamed_distribution_with_the_same_module_is_refused_loudly(
+    installed: Callable[..., Path]
+) -> None:
+    """acme-good 1.0.0 and acme-good-next 2.0.0 both `import plugin_fixtures.good`: one
+    interpreter can import one of them only, so start-up stops naming both distributions
+    (rather than crediting the package to whichever came first)."""
+    installed(("acme-good", "1.0.0", {"nodes": "plugin_fixtures.good:package"}),
+              ("acme-good-next", "2.0.0", {"nodes": "plugin_fixtures.good:package"}))
+    with pytest.raises(PluginLoadError) as info:
+        load()
+    message = str(info.value)
+    assert "acme-good==1.0.0:nodes" in message and "acme-good-next==2.0.0:nodes" in message
+    assert "share that import name" in message and "nodehost packages install" in message
 
 
 def test_versions_sort_as_versions() -> None:

@@ -133,6 +133,7 @@ def test_loading_the_test_kit_does_not_load_the_host() -> None:
             "print(sorted(m for m in sys.modules if m.startswith('nodehost.')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
-    assert out.strip() == str(["nodehost.config", "nodehost.errors", "nodehost.hookspecs",
+    assert out.strip() == str(["nodehost.config", "nodehost.descriptors", "nodehost.errors",
+                               "nodehost.hookspecs",
                                "nodehost.node_api",
                                "nodehost.reports", "nodehost.testing"])

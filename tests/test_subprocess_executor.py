@@ -230,7 +230,7 @@ async def test_functions_that_cannot_be_imported_are_refused_clearly() -> None:
     local_error, ghost_error = run.tasks["l"].error, run.tasks["g"].error
     assert local_error.code == ghost_error.code == "E.DISPATCH.UNAVAILABLE"
     assert "is not importable" in local_error.message
-    assert "did not start" in ghost_error.message
+    assert "cannot import no_such_module_here:ghostly" in ghost_error.message
     assert "No module named 'no_such_module_here'" in ghost_error.message
 
 

@@ -49,7 +49,7 @@ def test_the_template_entry_point_loads_its_package(copy: Path) -> None:
     assert reports["nodehost-template==0.1.0:template"].packages == ("acme.template==0.1.0",)
     spec = host.catalog.get("acme.template", "0.1.0", "acme.template.greet")
     assert spec is not None and spec.description == "Greet someone a number of times."
-    params = spec.parameters_schema()["$defs"]["GreetParams"]
+    params = spec.parameters_schema["$defs"]["GreetParams"]
     assert params["required"] == ["name"]
     assert params["properties"]["times"] == {
         "description": "How many greetings.", "type": "integer", "minimum": 1, "maximum": 10,

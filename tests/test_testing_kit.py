@@ -134,7 +134,7 @@ async def test_bad_parameters_are_refused_before_running(nodehost_host: Host) ->
     with pytest.raises(WorkflowInvalid) as info:
         await nodehost_host.run_node(package, "t.kit.echo", {"text": 3, "colour": "red"})
     assert [str(issue) for issue in info.value.issues] == [
-        "$.nodes[0].parameters.text: Expected `str`, got `int`",
+        "$.nodes[0].parameters.text: 3 is not of type \"string\"",
         "$.nodes[0].parameters.colour: node type 't.kit.echo' has no parameter 'colour' "
         "(it takes ['text', 'times'])",
     ]

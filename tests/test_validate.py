@@ -209,7 +209,7 @@ def test_container_parameters_are_checked_against_the_inner_schema() -> None:
                    [subgraph("s", [node("z", "demo.sleep", {})])])
     issue = only(doc)
     assert issue.path == "$.nodes[0].parameters.z.seconds"
-    assert issue.message == "Expected `float`, got `str`"
+    assert issue.message == '"soon" is not of type "number"'
 
 
 def test_container_input_must_write_into_an_inner_node() -> None:
@@ -294,7 +294,7 @@ def test_parameter_of_the_wrong_type() -> None:
     """A parameter that fails the node's msgspec Struct is rejected at its own path."""
     issue = only(workflow([sleep("a", seconds="soon")]))
     assert issue.path == "$.nodes[0].parameters.seconds"
-    assert issue.message == "Expected `float`, got `str`"
+    assert issue.message == '"soon" is not of type "number"'
 
 
 def test_parameter_error_deep_inside_a_value() -> None:

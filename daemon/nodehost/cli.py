@@ -26,6 +26,7 @@ from .config import Config, ConfigError
 from .configfile import load_config
 from .console import RunView, print_summary
 from .documents import Documents, Prepared
+from .environments import AlreadyInstalled, Environments, InstallFailed, load_into
 from .errors import PluginLoadError, WorkflowInvalid
 from .events import Envelope
 from .graph import Graph
@@ -77,7 +78,14 @@ def _catalog(config: Config, err: Console) -> Catalog:
         if not report.ok:
             err.print(f"[yellow]warning:[/] plugin {report.plugin} not loaded: {report.error}",
                       highlight=False)
+    for problem in load_into(host.catalog, _packages_root(config)):
+        err.print(f"[yellow]warning:[/] {problem}", highlight=False, markup=False)
     return host.catalog
+
+
+def _packages_root(config: Config) -> str:
+    """Where `nodehost packages install` puts each package version's environment."""
+    return os.path.join(config.server.state_path(), "packages")
 
 
 def _read(path: str) -> bytes:
@@ -540,21 +548,27 @@ def runs_cancel(run_id: str, config_path: str | None, url: str | None, output: s
         click.echo(f"run {ref['runId']} {ref['status']}")
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @_config_option
 @_output_option
-def packages(config_path: str | None, output: str) -> None:
-    """List the installed node packages, their versions and node types.
+@click.pass_context
+def packages(ctx: click.Context, config_path: str | None, output: str) -> None:
+    """List the installed node packages, their versions, node types and where they live.
 
     Plugins that failed to load are listed under "not loaded" (`errors` with -o json), and
-    the command exits 1; two plugins registering the same node type exit 2, as `run` would.
+    the command exits 1; two providers of one package version exit 2, as `run` would.
+    `nodehost packages install` / `uninstall` manage package versions in environments of
+    their own.
     """
+    if ctx.invoked_subcommand is not None:
+        return
     config = _config(config_path)
     host = PluginHost()
     try:
         reports = host.load_entry_points(allow=config.plugins.allow, deny=config.plugins.deny)
     except PluginLoadError as exc:
         raise _Fail(f"node packages conflict: {exc}") from None
+    problems = load_into(host.catalog, _packages_root(config))
     listing = host.catalog.describe()
     policy = Policy(config.policy)
     tenants = sorted({"default", *config.policy.tenants, *(t.tenant for t in config.auth.tokens)})
@@ -567,6 +581,7 @@ def packages(config_path: str | None, output: str) -> None:
             node["allowedFor"] = [t for t, v in verdicts.items() if v.allowed]
             node["refusedFor"] = {t: v.reason for t, v in verdicts.items() if not v.allowed}
     errors = [{"plugin": r.plugin, "error": r.error} for r in reports if not r.ok]
+    errors += [{"plugin": "environments", "error": problem} for problem in problems]
     skipped = [{"plugin": r.plugin, "reason": r.skipped} for r in reports if r.skipped]
     if output == "json":
         click.echo(msgspec.json.encode({"packages": listing, "errors": errors,
@@ -576,13 +591,85 @@ def packages(config_path: str | None, output: str) -> None:
     sys.exit(EXIT_FAILED if errors else EXIT_OK)
 
 
+@packages.command("install")
+@click.argument("specs", nargs=-1, required=True)
+@click.option("--find-links", "find_links", multiple=True, metavar="DIR",
+              help="Look for distributions in DIR too (passed to the installer).")
+@click.option("--index-url", metavar="URL", help="The package index to install from.")
+@click.option("--installer", type=click.Choice(["auto", "uv", "pip"]), default="auto",
+              show_default=True, help="uv when it is installed (auto), or pip.")
+@_config_option
+def packages_install(specs: tuple[str, ...], find_links: tuple[str, ...],
+                     index_url: str | None, installer: str, config_path: str | None) -> None:
+    """Install node package versions, each in an environment of its own.
+
+    SPEC is a wheel file, a project directory or a requirement (`acme-textstats==1.0.0`).
+    Versions of one distribution live side by side; a running daemon picks them up on
+    `nodehost reload`.
+    """
+    config = _config(config_path)
+    err = Console(stderr=True, highlight=False)
+    host = PluginHost()
+    try:
+        host.load_entry_points(allow=config.plugins.allow, deny=config.plugins.deny)
+    except PluginLoadError as exc:
+        raise _Fail(f"node packages conflict: {exc}") from None
+    taken = {key: host.catalog.origin(*key) or "?" for key in host.catalog.packages()}
+    environments = Environments(_packages_root(config))
+    try:
+        done = environments.install(specs, find_links=find_links, index_url=index_url,
+                                    installer=installer, taken=taken,
+                                    progress=lambda m: err.print(m, markup=False))
+    except InstallFailed as exc:
+        raise _Fail(f"not installed: {exc}") from None
+    for outcome in done:
+        if isinstance(outcome, AlreadyInstalled):
+            click.echo(f"{outcome.distribution} {outcome.version}: installed already "
+                       f"({outcome.path}); nothing done")
+        else:
+            names = ", ".join(f"{p.name}=={p.version}" for p in outcome.packages)
+            click.echo(f"installed {outcome.distribution} {outcome.version} ({names}) in "
+                       f"{outcome.path}")
+    _tell_daemon(config)
+
+
+@packages.command("uninstall")
+@click.argument("name")
+@click.argument("version")
+@_config_option
+def packages_uninstall(name: str, version: str, config_path: str | None) -> None:
+    """Remove a package version installed with `nodehost packages install` (NAME is the
+    distribution or the node package name)."""
+    config = _config(config_path)
+    environments = Environments(_packages_root(config))
+    found = environments.find(name, version)
+    if found is None:
+        raise _Fail(f"{name} {version} is not installed in {environments.root}")
+    environments.remove(found)
+    click.echo(f"uninstalled {found.distribution} {found.version} ({found.path})")
+    _tell_daemon(config)
+
+
+def _tell_daemon(config: Config) -> None:
+    """Ask a running daemon to rescan the environments (SIGHUP, as `nodehost reload`)."""
+    pidfile = os.path.join(config.server.runtime_path(), "nodehost.pid")
+    try:
+        with open(pidfile) as f:
+            os.kill(int(f.read().strip()), signal.SIGHUP)
+    except (OSError, ValueError):
+        return  # none running: it reads them when it starts
+
+
 def _print_packages(out: Console, listing: list[dict[str, Any]], errors: list[dict[str, Any]],
                     skipped: list[dict[str, Any]]) -> None:
     if not listing:
         out.print("no node packages installed", style="yellow")
     for entry in listing:
         out.print(f"{entry['name']} {entry['version']}", style="bold", markup=False, end="")
-        out.print(f"  ({entry['origin']}; runs {entry['executor']})", markup=False)
+        where = (f"environment {entry['environment']}" if entry["environment"]
+                 else "the daemon's environment")
+        out.print(f"  ({entry['origin']}; runs {entry['executor']}; in {where})",
+                  markup=False)
         if entry["description"]:
             out.print(f"  {entry['description']}", markup=False)
         width = max((len(n["type"]) for n in entry["nodes"]), default=0)

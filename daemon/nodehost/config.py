@@ -85,10 +85,19 @@ class ExecutorsConfig(_Section, frozen=True):
     inprocess: list[str] = msgspec.field(default_factory=lambda: ["nodehost.std"])
     subprocess: list[str] = []
     idle_workers: Annotated[int, Meta(ge=0, le=64)] = 2
+    # an idle worker beyond idle_workers is stopped after this long without an attempt
+    idle_seconds: Annotated[float, Meta(ge=0, le=86_400)] = 30.0
+    # attempts of async nodes one worker runs at once (its event loop shares them); sync
+    # nodes take a worker each. By package name, for CPU-bound async packages (1).
+    concurrency: Annotated[int, Meta(ge=1, le=1024)] = 16
+    per_package_concurrency: dict[str, Annotated[int, Meta(ge=1, le=1024)]] = {}
     # address-space limit of each worker, MiB: a runaway node fails alone instead of
     # pushing the machine into swap; 0 = no limit (for runtimes that map huge areas)
     memory_limit_mb: Annotated[int, Meta(ge=0)] = 2048
     kill_grace_seconds: Annotated[float, Meta(ge=0, le=600)] = 1.0
+
+    def concurrency_for(self, package: str) -> int:
+        return self.per_package_concurrency.get(package, self.concurrency)
 
     def kind_for(self, package: str) -> Literal["inprocess", "subprocess"]:
         if package in self.subprocess:

@@ -22,7 +22,7 @@ __all__ = ["FORMAT", "NodeType", "PackageDescriptor", "describe_package", "descr
 FORMAT = 1  # of a stored descriptor file; a reader refuses a newer one
 
 
-class NodeType(msgspec.Struct, frozen=True, kw_only=True, dict=True, gc=False):
+class NodeType(msgspec.Struct, frozen=True, kw_only=True, dict=True):
     """One node type of one package version, as data."""
 
     package: str

@@ -25,10 +25,10 @@ import msgspec
 
 from .commands import Submit
 from .config import DocumentsConfig
-from .errors import Code, Issue, NodeError, WorkflowInvalid
+from .descriptors import NodeType
+from .errors import Issue, WorkflowInvalid
 from .graph import Graph
 from .model import StartRunRequest, Workflow
-from .node_api import Context, NodeSpec
 from .policy import node_types
 from .validate import (
     TOO_DEEP,
@@ -113,25 +113,23 @@ def _too_big(value: Any, at: str) -> str | None:
 
 
 class WithStandIns:
-    """A catalog, with stand-ins for the node types it does not have (any more)."""
+    """A catalog as runs admitted earlier see it: with the versions uninstalled since (kept
+    until those runs end), and stand-ins for node types it does not have any more (which
+    no executor finds code for: E.DISPATCH.UNAVAILABLE, should one be dispatched)."""
 
     def __init__(self, catalog: SpecSource) -> None:
         self._catalog = catalog
-        self._missing: dict[tuple[str, str, str], NodeSpec] = {}
+        self.generation = 0  # what it answers is never cached by admission
+        self._missing: dict[tuple[str, str, str], NodeType] = {}
 
-    def get(self, package: str, version: str, type: str) -> NodeSpec:
-        spec = self._catalog.get(package, version, type)
+    def get(self, package: str, version: str, type: str, *,
+            retired: bool = True) -> NodeType:
+        spec = self._catalog.get(package, version, type, retired=True)
         if spec is not None:
             return spec
         key = (package, version, type)
         if key not in self._missing:
-            async def unavailable(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
-                raise NodeError(Code.UNAVAILABLE, f"node type {type!r} of {package}=={version} "
-                                "is not installed any more",
-                                remediation=f"install {package}=={version} and submit again")
-
-            self._missing[key] = NodeSpec(package=package, version=version, type=type,
-                                          fn=unavailable, params_type=None, result_type=None)
+            self._missing[key] = NodeType(package=package, version=version, type=type)
         return self._missing[key]
 
     def versions(self, package: str) -> list[str]:
@@ -154,6 +152,7 @@ class Documents:
         # ... and what only the engine may use (history, with stand-ins)
         self._restored: weakref.WeakValueDictionary[str, Compiled] = (
             weakref.WeakValueDictionary())
+        self._generation = catalog.generation
 
     def prepare(self, data: bytes | str | dict[str, Any]) -> Prepared:
         """Decode (JSON once, unless `data` is decoded already), check and compile a run
@@ -184,6 +183,9 @@ class Documents:
             document = _encode(sent)
         except OverflowError:  # JSON has no bound on integers; the journal has 64 bits
             raise WorkflowInvalid([Issue(_too_big(sent, at) or at, _TOO_BIG)]) from None
+        if self._generation != self.catalog.generation:  # packages came or went
+            self._compiled.clear()
+            self._generation = self.catalog.generation
         known = self._compiled.get(digest)
         if known is not None:
             compiled = known if known.document == document else known.with_document(document)

@@ -65,7 +65,7 @@ from .reports import Artifact, Chunk, Metric, Partial, Progress
 from .runstate import NO_METRICS, Frame, Run, Task, node_summary, run_summary
 
 if TYPE_CHECKING:
-    from .node_api import NodeSpec
+    from .descriptors import NodeType
 
 __all__ = [
     "Attempt",
@@ -120,7 +120,7 @@ class Attempt(msgspec.Struct, frozen=True, gc=False):
     node_id: str
     dispatch_id: str
     attempt: int
-    spec: NodeSpec
+    spec: NodeType
     parameters: dict[str, Any]
     timeout: float | None
     tenant: str = "default"

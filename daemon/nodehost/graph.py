@@ -17,8 +17,8 @@ import msgspec
 from .bindings import BindingPath
 
 if TYPE_CHECKING:
+    from .descriptors import NodeType
     from .model import LoopConfig, Node
-    from .node_api import NodeSpec
 
 __all__ = ["DataBinding", "Graph", "GraphNode"]
 
@@ -35,7 +35,7 @@ class DataBinding(msgspec.Struct, frozen=True, gc=False):
 class GraphNode(msgspec.Struct, kw_only=True, eq=False, gc=False):
     id: str
     node: Node
-    spec: NodeSpec | None  # None for containers
+    spec: NodeType | None  # None for containers
     upstream: tuple[str, ...] = ()
     downstream: tuple[str, ...] = ()
     inputs: tuple[DataBinding, ...] = ()

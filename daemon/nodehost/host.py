@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
@@ -24,6 +24,7 @@ import msgspec
 from .bus import EventBus
 from .commands import Command, Submit
 from .config import Config
+from .descriptors import NodeType
 from .documents import Documents, Prepared
 from .engine import Engine, utc_now
 from .errors import WorkflowInvalid
@@ -32,7 +33,6 @@ from .executors import Executor
 from .executors.inprocess import InProcessExecutor
 from .executors.subprocess import SubprocessExecutor
 from .model import RunOptions
-from .node_api import NodeSpec
 from .plugins import Catalog
 from .policy import Policy
 from .recovery import RecoveryReport, recover
@@ -46,6 +46,8 @@ __all__ = ["Host", "build_host"]
 log = logging.getLogger(__name__)
 
 Observer = Callable[[Envelope], None]
+# a task the host runs while it serves (`await task_group.start(service)`)
+Service = Callable[..., Coroutine[Any, Any, None]]
 
 
 class WriteAheadEvents:
@@ -92,7 +94,8 @@ class Host:
                  executors: dict[str, Executor], store: Store | None,
                  closers: list[Callable[[], Awaitable[None]]],
                  held: WriteAheadEvents | None = None,
-                 work_dirs: WorkDirs | None = None) -> None:
+                 work_dirs: WorkDirs | None = None,
+                 services: Sequence[Service] = ()) -> None:
         self.config = config
         self.catalog = catalog
         self.documents = documents
@@ -102,6 +105,7 @@ class Host:
         self.executors = executors
         self.store = store
         self._closers = closers
+        self._services = list(services)
         self._held = held
         self.work_dirs = work_dirs or WorkDirs()
         self.policy = Policy(config.policy)  # replaced by a reload
@@ -175,6 +179,8 @@ class Host:
         async with anyio.create_task_group() as outer:
             if self.store is not None:
                 await outer.start(self.store.run)
+            for service in self._services:
+                await outer.start(service)
             try:
                 async with anyio.create_task_group() as inner:
                     await inner.start(self.scheduler.run)
@@ -224,16 +230,19 @@ def build_host(
                     sink=sink, now=now)
     routes = config.executors
     work_dirs = WorkDirs(work_root(config) if store is not None else None)
-    subprocess = SubprocessExecutor(routes, sandbox=config.sandbox, work_dirs=work_dirs,
-                                    protect=protect)
+    subprocess = SubprocessExecutor(routes, catalog=catalog, sandbox=config.sandbox,
+                                    work_dirs=work_dirs, protect=protect)
     executors: dict[str, Executor] = {
         "inprocess": InProcessExecutor(threads=config.scheduler.parallelism,
-                                       sandbox=config.sandbox, work_dirs=work_dirs),
+                                       sandbox=config.sandbox, work_dirs=work_dirs,
+                                       code=catalog.code),
         "subprocess": subprocess,
     }
 
-    def executor_for(spec: NodeSpec) -> Executor:
+    def executor_for(spec: NodeType) -> Executor:
         if spec.privileged:  # never on the daemon's own privileges: in a confined worker
+            return subprocess
+        if catalog.code(spec.key) is None:  # its code lives elsewhere (or nowhere any more)
             return subprocess
         return executors[routes.kind_for(spec.package)]
 
@@ -242,6 +251,7 @@ def build_host(
     return Host(config=config, catalog=catalog, documents=documents, engine=engine, bus=bus,
                 scheduler=scheduler, executors=executors, store=store,
                 closers=[subprocess.aclose, _closing(work_dirs)], held=held,
+                services=[subprocess.run],
                 work_dirs=work_dirs)
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 
 from .config import Sandbox
+from .descriptors import NodeType
 from .errors import NodeError
 from .reports import Artifact, Chunk, Metric, NodeReport, Partial, Progress
 
@@ -62,7 +63,7 @@ class Context:
         node_id: str,
         task_id: str,
         attempt: int,
-        spec: NodeSpec,
+        spec: NodeSpec | NodeType,
         reporter: Reporter,
         is_cancelled: Callable[[], bool] = lambda: False,
         tenant: str = "default",

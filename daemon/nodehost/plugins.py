@@ -3,8 +3,9 @@
 Entry points of the group `nodehost.packages` are loaded one at a time, so a broken plugin
 (an import error, a hook that raises, a misspelt hook name, something that is not a
 `Package`) is reported with its distribution name and version and the others still load.
-Two plugins registering the same (package, version, node type) is a conflict nobody can
-resolve at run time: that raises PluginLoadError naming both, and the host does not start.
+Two providers of the same (package, version), or two distributions whose entry points load
+one module, are a conflict nobody can resolve at run time: that raises PluginLoadError
+naming both, and the host does not start (a version lost silently is worse).
 
 An entry point may name a `Package` object, or a module/object with
 `nodehost_register_packages` hook implementations.
@@ -16,17 +17,20 @@ import difflib
 import importlib.metadata
 import logging
 import re
+import sys
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pluggy
 
 from . import hookspecs
+from .descriptors import NodeType, PackageDescriptor, describe_spec
 from .errors import PluginLoadError
 from .node_api import NodeSpec, Package
 
-__all__ = ["ENTRY_POINT_GROUP", "Catalog", "LoadReport", "PluginHost", "version_key"]
+__all__ = ["ENTRY_POINT_GROUP", "HERE", "Catalog", "LoadReport", "Location", "PluginHost",
+           "version_key"]
 
 ENTRY_POINT_GROUP = "nodehost.packages"
 log = logging.getLogger(__name__)
@@ -47,101 +51,196 @@ class LoadReport:
     skipped: str | None = None
 
 
-class Catalog:
-    """Node types by (package, version, type); the engine and the validator read it.
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where the code of a package version lives: the daemon's own interpreter (`python` is
+    None), or an environment of its own, run with that environment's interpreter."""
 
-    Several plugins may contribute node types to one package version (each type once);
-    the Package objects they registered are never changed.
+    python: str | None = None
+    home: str | None = None  # the environment's directory
+
+
+HERE = Location()
+
+
+@dataclass(slots=True)
+class _Provided:
+    origin: str
+    description: str
+    distribution: str
+    location: Location
+    retired: bool = False  # uninstalled: kept for the runs that use it, offered to no new one
+    packages: list[Package] = field(default_factory=list)
+
+
+class Catalog:
+    """Node types by (package, version, type), as data (`NodeType`); the validator, the
+    engine and the API read it, and executors find where each package version's code is.
+
+    A package version has one provider: a second one, for the same version or the same node
+    type, is refused naming both (one would be lost silently otherwise). Packages of this
+    interpreter also have their code here (`code`); those of an environment only their
+    descriptors: the daemon never imports them.
     """
 
     def __init__(self) -> None:
-        self._specs: dict[tuple[str, str, str], NodeSpec] = {}
-        self._spec_origins: dict[tuple[str, str, str], str] = {}
-        self._packages: dict[tuple[str, str], list[tuple[Package, str]]] = {}
+        self._types: dict[tuple[str, str, str], NodeType] = {}
+        self._code: dict[tuple[str, str, str], NodeSpec] = {}
+        self._provided: dict[tuple[str, str], _Provided] = {}
+        self.generation = 0  # bumped by every change (what admission compiled is stale)
 
-    def add(self, package: Package, origin: str = "<direct>") -> None:
-        """Add a package's node types; a (package, version, type) seen before is an error.
+    def add(self, package: Package, origin: str = "<direct>", *, distribution: str = "") -> None:
+        """Add a package of this interpreter; a second provider of its version is an error.
 
-        Adding the same Package object again (two entry points naming it) changes nothing.
+        Adding the same Package object again from the same origin changes nothing.
         """
         key = (package.name, package.version)
-        entries = self._packages.setdefault(key, [])
-        if any(known is package for known, _ in entries):
-            return
-        clash = sorted(t for t in package.nodes if (*key, t) in self._specs)
-        if clash:
-            first = self._spec_origins[(*key, clash[0])]
-            raise PluginLoadError(
-                origin,
-                f"package {package.name}=={package.version} node type(s) "
-                f"{', '.join(map(repr, clash))} are already registered by {first}",
-            )
-        entries.append((package, origin))
+        known = self._provided.get(key)
+        if known is not None and not known.retired:
+            if any(p is package for p in known.packages):
+                if known.origin == origin or (distribution and
+                                              known.distribution == distribution):
+                    return  # one distribution naming one object twice
+                raise PluginLoadError(origin, _same_object(package, known.origin))
+            raise PluginLoadError(origin, f"package {package.name}=={package.version} is "
+                                          f"already provided by {known.origin}")
+        self._check_types(key, package.nodes, origin)
+        self._provided[key] = _Provided(origin, package.description, distribution, HERE,
+                                        packages=[package])
         for spec in package.nodes.values():
-            self._specs[spec.key] = spec
-            self._spec_origins[spec.key] = origin
+            self._types[spec.key] = describe_spec(spec)
+            self._code[spec.key] = spec
+        self.generation += 1
 
-    def get(self, package: str, version: str, type: str) -> NodeSpec | None:
-        return self._specs.get((package, version, type))
+    def add_descriptor(self, descriptor: PackageDescriptor, origin: str,
+                       location: Location) -> None:
+        """Add a package version that lives in an environment, known by its descriptor."""
+        key = (descriptor.name, descriptor.version)
+        known = self._provided.get(key)
+        if known is not None and not (known.retired and known.location == location):
+            raise PluginLoadError(origin, f"package {descriptor.name}=={descriptor.version} "
+                                          f"is already provided by {known.origin}")
+        types = {t.type: t for t in descriptor.nodes}
+        self._check_types(key, types, origin)
+        self._provided[key] = _Provided(origin, descriptor.description,
+                                        descriptor.distribution, location)
+        for node_type in descriptor.nodes:
+            self._types[node_type.key] = node_type
+        self.generation += 1
+
+    def _check_types(self, key: tuple[str, str], types: Iterable[str], origin: str) -> None:
+        clash = sorted(t for t in types if (*key, t) in self._types)
+        if clash:  # left by a retired provider of another location: still in use
+            raise PluginLoadError(origin, f"package {key[0]}=={key[1]} node type(s) "
+                                          f"{', '.join(map(repr, clash))} are already "
+                                          f"provided by {self._provided[key].origin}")
+
+    def retire(self, package: str, version: str) -> None:
+        """Offer a package version to no new run; runs admitted already keep it."""
+        provided = self._provided.get((package, version))
+        if provided is not None and not provided.retired:
+            provided.retired = True
+            self.generation += 1
+
+    def drop(self, package: str, version: str) -> None:
+        """Forget a package version (once no unfinished run uses it)."""
+        if self._provided.pop((package, version), None) is None:
+            return
+        for key in [k for k in self._types if k[:2] == (package, version)]:
+            del self._types[key]
+            self._code.pop(key, None)
+        self.generation += 1
+
+    def get(self, package: str, version: str, type: str, *,
+            retired: bool = False) -> NodeType | None:
+        """The node type, or None; a retired version only with `retired`."""
+        found = self._types.get((package, version, type))
+        if found is None or retired:
+            return found
+        return None if self._provided[(package, version)].retired else found
+
+    def code(self, key: tuple[str, str, str]) -> NodeSpec | None:
+        """The function of a node type of this interpreter (None for an environment's)."""
+        return self._code.get(key)
+
+    def package_objects(self, package: str, version: str) -> list[Package]:
+        """The Package objects of a version of this interpreter (none for an environment's)."""
+        provided = self._provided.get((package, version))
+        return [] if provided is None else list(provided.packages)
+
+    def location(self, package: str, version: str) -> Location | None:
+        provided = self._provided.get((package, version))
+        return None if provided is None else provided.location
 
     def versions(self, package: str) -> list[str]:
-        """Installed versions of a package, oldest first (1.9 before 1.10)."""
-        return sorted((v for (name, v) in self._packages if name == package), key=version_key)
+        """Offered versions of a package, oldest first (1.9 before 1.10)."""
+        return sorted((v for (name, v), p in self._provided.items()
+                       if name == package and not p.retired), key=version_key)
 
     def types(self, package: str, version: str) -> list[str]:
         """Node types of one package version, sorted."""
-        return sorted(t for (name, v, t) in self._specs if (name, v) == (package, version))
+        return sorted(t for (name, v, t) in self._types if (name, v) == (package, version))
 
-    def specs(self, package: str, version: str) -> list[NodeSpec]:
+    def specs(self, package: str, version: str) -> list[NodeType]:
         """The node types of one package version, sorted by type."""
-        return [self._specs[(package, version, t)] for t in self.types(package, version)]
+        return [self._types[(package, version, t)] for t in self.types(package, version)]
 
-    def packages(self) -> list[tuple[str, str]]:
-        """(name, version) of every installed package, by name, then oldest version first."""
-        return sorted(self._packages, key=lambda k: (k[0], version_key(k[1])))
+    def packages(self, *, retired: bool = False) -> list[tuple[str, str]]:
+        """(name, version) of every package, by name, then oldest version first."""
+        return sorted((k for k, p in self._provided.items() if retired or not p.retired),
+                      key=lambda k: (k[0], version_key(k[1])))
+
+    def retired(self) -> list[tuple[str, str]]:
+        return sorted(k for k, p in self._provided.items() if p.retired)
 
     def origin(self, package: str, version: str) -> str | None:
-        """Where a package version came from (`dist==version:entry point`), or None.
-
-        When several plugins contributed to it, their origins are joined by ", ".
-        """
-        entries = self._packages.get((package, version))
-        return ", ".join(origin for _, origin in entries) if entries else None
+        """Who provides a package version (`dist==version:entry point`, or an environment)."""
+        provided = self._provided.get((package, version))
+        return None if provided is None else provided.origin
 
     def description(self, package: str, version: str) -> str:
-        """The first non-empty description among the Package objects of this version."""
-        for pkg, _ in self._packages.get((package, version), ()):
-            if pkg.description:
-                return pkg.description
-        return ""
+        provided = self._provided.get((package, version))
+        return "" if provided is None else provided.description
 
     def describe(self) -> list[dict[str, Any]]:
-        """Installed packages as published (`nodehost packages -o json`, `GET /packages`)."""
+        """Offered packages as published (`nodehost packages -o json`, `GET /packages`)."""
         return [
             {
                 "name": name,
                 "version": version,
                 "origin": self.origin(name, version),
                 "description": self.description(name, version),
-                "nodes": [_describe_spec(spec) for spec in self.specs(name, version)],
+                "environment": self._provided[(name, version)].location.home,
+                "nodes": [_describe_type(t) for t in self.specs(name, version)],
             }
             for name, version in self.packages()
         ]
 
     def __len__(self) -> int:
-        return len(self._specs)
+        return len(self._types)
 
 
-def _describe_spec(spec: NodeSpec) -> dict[str, Any]:
+def _same_object(package: Package, first: str) -> str:
+    """Two distributions whose entry points load one module: only one of them is here."""
+    spec = next(iter(package.nodes.values()), None)
+    module = spec.fn.__module__ if spec is not None else "?"
+    where = getattr(sys.modules.get(module), "__file__", None) or "?"
+    return (f"it loads the very package object {first} registered ({package.name}=="
+            f"{package.version}, module {module} from {where}): two distributions share "
+            "that import name, and one interpreter imports only one of them; install each "
+            "version in its own environment (`nodehost packages install`)")
+
+
+def _describe_type(node_type: NodeType) -> dict[str, Any]:
     return {
-        "type": spec.type,
-        "description": spec.description,
-        "timeout": spec.timeout,
-        "retry": spec.retry,
-        "idempotent": spec.idempotent,
-        "privileged": spec.privileged,
-        "parametersSchema": spec.parameters_schema(),
-        "resultsSchema": spec.results_schema(),
+        "type": node_type.type,
+        "description": node_type.description,
+        "timeout": node_type.timeout,
+        "retry": node_type.retry,
+        "idempotent": node_type.idempotent,
+        "privileged": node_type.privileged,
+        "parametersSchema": node_type.parameters_schema,
+        "resultsSchema": node_type.results_schema,
     }
 
 
@@ -175,6 +274,13 @@ class PluginHost:
                 close = difflib.get_close_matches(hook, known, n=1)
                 hint = f"did you mean {close[0]!r}?" if close else f"known hooks: {known}"
                 raise PluginLoadError(name, f"{hook!r} is not a nodehost hook ({hint})")
+        first = self.pm.get_name(obj)
+        if first is not None:
+            raise PluginLoadError(name, f"it loads the very object {first} registered "
+                                  f"({getattr(obj, '__name__', obj)!r}): two distributions "
+                                  "share that import name, and one interpreter imports only "
+                                  "one of them; install each version in its own environment "
+                                  "(`nodehost packages install`)")
         try:
             self.pm.register(obj, name=name)
         except Exception as exc:  # pluggy: a name or object registered twice, bad arguments
@@ -195,10 +301,11 @@ class PluginHost:
             raise PluginLoadError(name, _pluggy_message(exc)) from exc
         return found
 
-    def _register(self, found: list[Package], name: str) -> LoadReport:
+    def _register(self, found: list[Package], name: str,
+                  distribution: str = "") -> LoadReport:
         """Add what a plugin provides to the catalog; PluginLoadError on a conflict."""
         for package in found:
-            self.catalog.add(package, origin=name)
+            self.catalog.add(package, origin=name, distribution=distribution)
         report = LoadReport(name, True, tuple(f"{p.name}=={p.version}" for p in found))
         self.reports.append(report)
         return report
@@ -267,7 +374,7 @@ class PluginHost:
                 except Exception as exc:
                     reports.append(self._broken(name, f"{type(exc).__name__}: {exc}"))
                     continue
-                reports.append(self._register(found, name))
+                reports.append(self._register(found, name, label))
         for missing in sorted(set(allowed or {}) - set(seen)):
             assert allowed is not None
             reports.append(self._broken(

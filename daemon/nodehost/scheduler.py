@@ -40,7 +40,7 @@ from .outputs import LogBudget, check_value
 from .reports import Artifact, Chunk, Partial
 
 if TYPE_CHECKING:
-    from .node_api import NodeSpec
+    from .descriptors import NodeType
     from .reports import NodeReport
     from .runstate import Run, Task
     from .store.store import Store
@@ -173,7 +173,7 @@ class Scheduler:
         engine: Engine,
         config: SchedulerConfig = SchedulerConfig(),
         *,
-        executor_for: Callable[[NodeSpec], Executor] | None = None,
+        executor_for: Callable[[NodeType], Executor] | None = None,
         journal: Store | None = None,
         outputs: OutputsConfig = OutputsConfig(),
     ) -> None:
@@ -421,7 +421,7 @@ class Scheduler:
             else:
                 return
 
-    def _blocked_on(self, task: Task, spec: NodeSpec) -> tuple[str, str] | None:
+    def _blocked_on(self, task: Task, spec: NodeType) -> tuple[str, str] | None:
         key = task.g.concurrency_key
         if key is not None and key in self._keys_busy:
             return ("key", key)
@@ -430,12 +430,12 @@ class Scheduler:
             return ("package", spec.package)
         return None
 
-    def _acquire(self, task: Task, spec: NodeSpec) -> None:
+    def _acquire(self, task: Task, spec: NodeType) -> None:
         self._per_package[spec.package] += 1
         if task.g.concurrency_key is not None:
             self._keys_busy.add(task.g.concurrency_key)
 
-    def _release(self, task: Task, spec: NodeSpec) -> None:
+    def _release(self, task: Task, spec: NodeType) -> None:
         self._per_package[spec.package] -= 1
         self._unpark(("package", spec.package))
         key = task.g.concurrency_key

@@ -37,12 +37,13 @@ from .commands import Forget
 from .config import Config, ConfigError, Listen
 from .configfile import read_tokens, token_path
 from .engine import utc_now
-from .errors import NodehostError
+from .environments import Environments
+from .errors import NodehostError, PluginLoadError
 from .executors import landlock
 from .executors.subprocess import SubprocessExecutor
 from .host import Host
 from .http import create_app, refusing
-from .plugins import Catalog
+from .plugins import Catalog, Location
 from .policy import Policy
 from .recovery import RecoveryReport, Retention, runs_to_forget
 from .store.continuity import HistoryIncomplete
@@ -455,6 +456,7 @@ class Daemon:
         retention. Returns the sections that differ but need a restart."""
         old = self.config
         host = self.host
+        self.rescan_packages()
         if host is not None:
             host.scheduler.set_limits(config.scheduler)
             if config.policy != old.policy:  # new submissions only: runs admitted go on
@@ -476,6 +478,35 @@ class Daemon:
         log.info("configuration reloaded%s", f"; needs a restart to change: {', '.join(restart)}"
                  if restart else "")
         return restart
+
+    def rescan_packages(self) -> None:
+        """Pick up package versions installed or uninstalled (`nodehost packages`) since
+        start: new ones are offered to new runs, gone ones to none (runs admitted already
+        keep what they were compiled with)."""
+        root = os.path.join(self.config.server.state_path(), "packages")
+        installed, problems = Environments(root).scan()
+        here = {str(env.path) for env in installed}
+        catalog = self.catalog
+        for name, version in catalog.packages():
+            location = catalog.location(name, version)
+            if location is not None and location.home is not None and location.home not in here:
+                catalog.retire(name, version)
+                log.info("package %s==%s was uninstalled: offered to no new run", name, version)
+        known = {catalog.location(*key) for key in catalog.packages(retired=True)}
+        for env in installed:
+            location = Location(python=str(env.python), home=str(env.path))
+            if location in known:
+                continue
+            for descriptor in env.packages:
+                try:
+                    catalog.add_descriptor(descriptor, f"{env.distribution}=={env.version} "
+                                                       f"(environment {env.path})", location)
+                    log.info("package %s==%s installed: offered to new runs",
+                             descriptor.name, descriptor.version)
+                except PluginLoadError as exc:
+                    problems.append(str(exc))
+        for problem in problems:
+            log.error("node packages: %s", problem)
 
     def stop(self) -> None:
         """Ask the daemon to stop; asked again, it stops waiting for runs to finish."""

@@ -15,10 +15,11 @@ import msgspec
 from . import collector
 from .bindings import BindingPath, BindingPathError, ScopeRef, parse_path, scope_from_parts
 from .config import DocumentsConfig
+from .descriptors import NodeType
 from .errors import Issue, WorkflowInvalid
 from .graph import DataBinding, Graph, GraphNode
 from .model import Binding, Node, Port, StartRunRequest, Workflow
-from .node_api import NodeSpec
+from .schemas import checks_for
 
 __all__ = [
     "Limits",
@@ -45,7 +46,10 @@ def _below(paths: Injectable, key: str) -> Injectable:
 class SpecSource(Protocol):
     """What validation needs to know about installed node packages (a `plugins.Catalog`)."""
 
-    def get(self, package: str, version: str, type: str) -> NodeSpec | None: ...
+    generation: int  # changes whenever packages come or go
+
+    def get(self, package: str, version: str, type: str, *,
+            retired: bool = False) -> NodeType | None: ...
     def versions(self, package: str) -> list[str]: ...
     def types(self, package: str, version: str) -> list[str]: ...
 
@@ -404,53 +408,42 @@ class _Compiler:
         self, gnode: GraphNode, graph_path: str, i: int, injectable: Injectable
     ) -> None:
         """Check the static parameters of node `i` of the graph at `graph_path` against the
-        node's type, leaving out bound fields.
+        node type's parameters schema, leaving out bound fields.
 
         Required fields are checked only when nothing else can supply them: no edge binds
         them and no container injects parameters into the node.
         """
         spec = gnode.spec
         assert spec is not None
-        tp = spec.params_type
-        if tp is None or not isinstance(tp, type) or not issubclass(tp, msgspec.Struct):
-            return  # a plain dict takes anything
         params = gnode.node.parameters
         path = f"{graph_path}.nodes[{i}].parameters"
-        fields = self._check_values(spec, params, path)
-        if fields is None:
+        checks = self._check_values(spec, params, path)
+        if checks is None or not checks.required:
             return
         targets = [b.target for b in gnode.inputs]
         bound = {str(t.segments[0]) for t in targets if t.segments}
         whole = any(not t.segments for t in targets)
         if whole or _below(injectable, gnode.id):
             return
-        for name, field in fields.items():
-            if field.required and name not in params and name not in bound:
+        for name in checks.required:
+            if name not in params and name not in bound:
                 self.issue(path, f"node type {spec.type!r} requires parameter {name!r} "
                                  "(set it, or bind it from an edge)")
 
-    def _check_values(
-        self, spec: NodeSpec, params: dict[str, Any], path: str
-    ) -> dict[str, msgspec.structs.FieldInfo] | None:
-        """Check each given parameter against the node's Struct; its fields (None: no Struct)."""
-        tp = spec.params_type
-        if tp is None or not isinstance(tp, type) or not issubclass(tp, msgspec.Struct):
+    def _check_values(self, spec: NodeType, params: dict[str, Any], path: str) -> Any:
+        """Check each given parameter against the node type's schema; the checks used
+        (None when the schema names no properties: anything goes)."""
+        checks = checks_for(spec)
+        if checks is None:
             return None
-        fields = {f.encode_name: f for f in msgspec.structs.fields(tp)}
-        forbid = getattr(tp.__struct_config__, "forbid_unknown_fields", False)
         for key, value in params.items():
-            field = fields.get(key)
-            if field is None:
-                if forbid:
-                    self.issue(f"{path}.{key}", f"node type {spec.type!r} has no parameter "
-                                                f"{key!r} (it takes {sorted(fields)})")
+            if not checks.knows(key):
+                self.issue(f"{path}.{key}", f"node type {spec.type!r} has no parameter "
+                                            f"{key!r} (it takes {sorted(checks.properties)})")
                 continue
-            try:
-                msgspec.convert(value, field.type, strict=False)
-            except msgspec.ValidationError as exc:
-                where, reason = _split_msgspec(str(exc))
-                self.issue(f"{path}.{key}{where[1:]}", reason)
-        return fields
+            for where, reason in checks.errors(key, value):
+                self.issue(f"{path}.{key}{where}", reason)
+        return checks
 
     # --- edges and bindings ------------------------------------------------------------------
 

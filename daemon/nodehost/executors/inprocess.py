@@ -75,7 +75,10 @@ class InProcessExecutor:
     composition root gives it the scheduler's parallelism)."""
 
     def __init__(self, *, threads: int, sandbox: Sandbox | None = None,
-                 work_dirs: WorkDirs | None = None) -> None:
+                 work_dirs: WorkDirs | None = None,
+                 code: Callable[[tuple[str, str, str]], NodeSpec | None] | None = None,
+                 ) -> None:
+        self._code = code or (lambda key: None)
         self._limiter = anyio.CapacityLimiter(threads)
         self.sandbox = sandbox or Sandbox()
         self.work_dirs = work_dirs
@@ -83,7 +86,12 @@ class InProcessExecutor:
     async def execute(
         self, attempt: Attempt, reporter: Reporter, is_cancelled: Callable[[], bool]
     ) -> dict[str, Any]:
-        spec = attempt.spec
+        spec = self._code(attempt.spec.key)
+        if spec is None:
+            raise AttemptFailed(ErrorInfo(
+                code=Code.UNAVAILABLE, message=f"node type {attempt.spec.type!r} of "
+                f"{attempt.spec.package}=={attempt.spec.version} has no code in this process "
+                "(not installed any more?)"), retryable=False)
         params = decode_parameters(spec, attempt.parameters)
         if spec.is_async:
             ctx = self._context(attempt, reporter, is_cancelled)

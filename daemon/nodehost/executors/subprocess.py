@@ -1,10 +1,16 @@
-"""The subprocess executor: each attempt runs in a worker process of its own node type.
+"""The subprocess executor: attempts run in worker processes, a pool per package version.
 
-Workers are started on demand and kept warm (a few idle ones per node type and package
-version), so an attempt usually starts without paying for the import. A worker runs one
-attempt at a time, which is what makes containment exact: when a node crashes, hangs or
-blows its memory limit, only that node fails (with the exit code or signal), and cancelling
-it kills its worker's whole process group.
+A pool serves one package version for one tenant, with the interpreter of wherever the
+package lives (the daemon's own, or the package's own environment, whose code the daemon
+never imports). It grows while every worker is busy, up to what the scheduler lets run,
+and keeps `idle_workers` warm; a surplus worker is stopped once idle for `idle_seconds`.
+A worker runs up to `concurrency` attempts of async nodes at once on its one event loop, or
+one attempt of a sync node; frames are batched on its pipes.
+
+Containment: a crash or a memory blow-up fails the attempts of that worker only (with the
+exit code or signal; one attempt, for sync nodes and CPU-bound packages set to concurrency
+1), and a stopped attempt is cancelled inside its worker, or, if it does not end within
+`kill_grace_seconds` (a sync node always), its worker's whole process group is killed.
 
 Nothing a node does can reach the daemon's state: a worker is confined by Landlock before it
 imports the package (`confinement`), to what its tenant may reach. Landlock cannot be undone,
@@ -14,37 +20,42 @@ environment holds nothing of the daemon's (no token, no credentials, no NODEHOST
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
 import sys
 import tempfile
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
-import anyio.lowlevel
+import anyio.abc
 from anyio.abc import Process
-from anyio.streams.buffered import BufferedByteReceiveStream
 from msgspec import json
 
 from ..config import ExecutorsConfig, Sandbox
 from ..errors import Code
 from ..model import ErrorInfo
+from ..plugins import Location
 from ..reports import Chunk
 from . import AttemptFailed, landlock
 from .confinement import ENV as CONFINEMENT_ENV
 from .confinement import Confinement, for_tenant
-from .frames import MAX_FRAME, Done, Failed, Hello, Start, ToHost, decode_to_host, encode, header
+from .frames import Cancel, Done, Failed, Hello, Load, Report, Start, decode_to_host, encode, split
 
 if TYPE_CHECKING:
+    from ..descriptors import NodeType
     from ..engine import Attempt
-    from ..node_api import NodeSpec, Reporter
+    from ..node_api import Reporter
+    from ..plugins import Catalog
     from ..workdirs import WorkDirs
 
 __all__ = ["SubprocessExecutor"]
+
+log = logging.getLogger(__name__)
 
 # what systemd hands the daemon is not for node processes (they must never ping or notify,
 # nor learn where the credentials and the state are); NODEHOST_* (the token, the config...)
@@ -52,68 +63,108 @@ __all__ = ["SubprocessExecutor"]
 _SCRUB = frozenset({"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_PID", "LISTEN_FDS",
                     "LISTEN_FDNAMES", "CREDENTIALS_DIRECTORY", "STATE_DIRECTORY",
                     "RUNTIME_DIRECTORY"})
-_Key = tuple[str, str, str, str, str, str]  # module, qualname, package, version, type, tenant
+# what would put the daemon's packages on an environment's path
+_NOT_FOR_ENVIRONMENTS = frozenset({"PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP",
+                                   "PYTHONUSERBASE", "VIRTUAL_ENV"})
+_SEND_SECONDS = 60.0  # a worker that takes no frame for this long is stuck: it is killed
+_Key = tuple[str, str, str]  # package, version, tenant
 
 
-class _WorkerGone(Exception):
-    """The worker's protocol pipe closed: it exited or was killed."""
+class _Call:
+    """One attempt in flight in a worker."""
+
+    __slots__ = ("done", "outcome", "reporter", "sync")
+
+    def __init__(self, reporter: Reporter, sync: bool) -> None:
+        self.reporter = reporter
+        self.sync = sync
+        self.done = anyio.Event()
+        self.outcome: Done | Failed | None = None  # None once done: the worker died
 
 
 class _Worker:
-    def __init__(self, process: Process, key: _Key, temp: str | None) -> None:
-        self.process = process
+    def __init__(self, key: _Key, location: Location, capacity: int) -> None:
         self.key = key
-        self.temp = temp  # its own TMPDIR (confined workers), removed when it ends
-        assert process.stdout is not None and process.stderr is not None
-        self.frames = BufferedByteReceiveStream(process.stdout)
-        self.stderr = process.stderr
-        self.pid = process.pid
+        self.location = location
+        self.capacity = capacity
+        self.load = 0  # capacity taken by attempts (a sync one takes all of it)
+        self.calls: dict[int, _Call] = {}
+        self.ready = anyio.Event()  # set once it said hello, or failed to start
+        self.failure: AttemptFailed | None = None
+        self.alive = True
+        self.idle_since = 0.0
+        self.process: Process | None = None
+        self.pid = 0
+        self.temp: str | None = None  # its own TMPDIR (confined workers), removed at the end
+        self.stderr_tail: deque[str] = deque(maxlen=12)
+        self.stderr_done = anyio.Event()
+        self.stopping: anyio.Event | None = None  # set once it is ended
+        self._slot = 0
+        self._outbox: list[bytes] = []
+        self._sending = False
 
-    async def send(self, message: Start) -> None:
-        assert self.process.stdin is not None
-        try:
-            await self.process.stdin.send(encode(message))
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
-            raise _WorkerGone from exc
+    def next_slot(self) -> int:
+        self._slot += 1
+        return self._slot
 
-    async def receive(self) -> ToHost:
+    async def send(self, data: bytes) -> None:
+        """Write a frame, with whatever else is waiting (one write for many frames). A
+        write is never cut off half-way (that would garble the pipe); a worker that takes
+        nothing for a minute is stuck, and killed."""
+        self._outbox.append(data)
+        if self._sending:
+            return  # the write in progress takes it along
+        process = self.process
+        assert process is not None and process.stdin is not None
+        self._sending = True
         try:
-            (size,) = header.unpack(await self.frames.receive_exactly(header.size))
-            if size > MAX_FRAME:
-                raise _WorkerGone(f"frame of {size} bytes")
-            return decode_to_host(await self.frames.receive_exactly(size))
-        except (anyio.IncompleteRead, anyio.EndOfStream, anyio.BrokenResourceError) as exc:
-            raise _WorkerGone from exc
+            with anyio.CancelScope(shield=True):
+                while self._outbox and self.alive:
+                    chunk = b"".join(self._outbox)
+                    self._outbox.clear()
+                    with anyio.move_on_after(_SEND_SECONDS) as scope:
+                        await process.stdin.send(chunk)
+                    if scope.cancelled_caught:
+                        raise anyio.BrokenResourceError("the worker takes no frames")
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            self.alive = False
+            with _ignore_gone():
+                os.killpg(self.pid, signal.SIGKILL)
+        finally:
+            self._sending = False
 
 
 class SubprocessExecutor:
-    """Runs attempts in worker processes as the `[executors]` section says: `idle_workers`
-    warm ones kept per node type and tenant, `memory_limit_mb` each, `kill_grace_seconds`
-    between SIGTERM and SIGKILL when one is stopped; confined as `[sandbox] landlock` says,
-    never reaching the `protect` paths (the daemon's state, config, tokens...) nor the work
-    root but for the tenant's own directory."""
+    """Runs attempts in worker processes as the `[executors]` section says; confined as
+    `[sandbox] landlock` says, never reaching the `protect` paths (the daemon's state,
+    config, tokens...) nor the work root but for the tenant's own directory.
+
+    Start `run` in a task group (the host does) before the first attempt."""
 
     def __init__(
         self,
         config: ExecutorsConfig = ExecutorsConfig(),
         *,
+        catalog: Catalog | None = None,
         python: str = sys.executable,
         sandbox: Sandbox | None = None,
         work_dirs: WorkDirs | None = None,
         protect: Sequence[Path | str] = (),
     ) -> None:
         self.sandbox = sandbox or Sandbox()
+        self.catalog = catalog
         self.work_dirs = work_dirs
         self.protect = [os.fspath(p) for p in protect]
         # the ABI workers are confined with (0: not confined)
         self.landlock = 0 if self.sandbox.landlock == "off" else landlock.abi()
-        self.idle = config.idle_workers
-        self.memory_limit_mb = config.memory_limit_mb
-        self.kill_grace = config.kill_grace_seconds
+        self.config = config
         self.python = python
-        self._idle: defaultdict[_Key, list[_Worker]] = defaultdict(list)
+        self._pools: defaultdict[_Key, list[_Worker]] = defaultdict(list)
         self._pids: set[int] = set()
         self._temp_root: str | None = None  # holds the workers' TMPDIRs (made when needed)
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._idle_changed = anyio.Event()
+        self._importable: dict[tuple[str, str, str], str | None] = {}
         self.started = 0
 
     @property
@@ -129,147 +180,352 @@ class SubprocessExecutor:
         """The worker processes started and not reaped yet."""
         return frozenset(self._pids)
 
+    def statistics(self) -> dict[str, int]:
+        workers = [w for pool in self._pools.values() for w in pool]
+        return {"idle": sum(1 for w in workers if not w.load), "workers": len(workers),
+                "started": self.started}
+
+    # --- serving -----------------------------------------------------------------------------
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+                  ) -> None:
+        """Hold the workers' tasks (their pipes) and stop surplus idle workers in time."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            task_status.started()
+            try:
+                await self._retire_idle()
+            finally:
+                self._tg = None
+
+    async def _retire_idle(self) -> None:
+        while True:
+            self._idle_changed = anyio.Event()
+            due = self._retire_due()
+            if due is None:
+                await self._idle_changed.wait()
+            else:
+                with anyio.move_on_after(due):
+                    await self._idle_changed.wait()
+
+    def _retire_due(self) -> float | None:
+        """Stop the surplus idle workers whose time is up; seconds until the next one's."""
+        now = anyio.current_time()
+        keep, linger = self.config.idle_workers, self.config.idle_seconds
+        nearest: float | None = None
+        for pool in self._pools.values():
+            idle = sorted((w for w in pool if not w.load and w.ready.is_set() and w.alive),
+                          key=lambda w: w.idle_since, reverse=True)  # the freshest first
+            for worker in idle[keep:]:
+                left = worker.idle_since + linger - now
+                if left <= 0:
+                    self._forget(worker)
+                    self._spawn_task(self._stop, worker)
+                elif nearest is None or left < nearest:
+                    nearest = left
+        return nearest
+
+    async def aclose(self) -> None:
+        """Stop every worker."""
+        pools, self._pools = self._pools, defaultdict(list)
+        with anyio.CancelScope(shield=True):
+            for workers in pools.values():
+                for worker in workers:
+                    await self._stop(worker)
+        if not self._pids:
+            _remove(self._temp_root)
+            self._temp_root = None
+
+    # --- attempts ------------------------------------------------------------------------------
+
     async def execute(
         self, attempt: Attempt, reporter: Reporter, is_cancelled: Callable[[], bool]
     ) -> dict[str, Any]:
         spec = attempt.spec
+        location = self._where(spec)
+        sync = spec.sync
+        key = (spec.package, spec.version, attempt.tenant)
+        worker = self._pick(key, location, sync)
+        cost = worker.capacity if sync else 1
+        worker.load += cost
+        try:
+            if not worker.ready.is_set():
+                await worker.ready.wait()
+            if worker.failure is not None:
+                raise worker.failure
+            return await self._run(worker, attempt, reporter, sync)
+        finally:
+            worker.load -= cost
+            if not worker.load:
+                worker.idle_since = anyio.current_time()
+                self._idle_changed.set()
+
+    async def _run(self, worker: _Worker, attempt: Attempt, reporter: Reporter,
+                   sync: bool) -> dict[str, Any]:
         # the worker makes it when the node first asks for it (in its tenant's directory,
         # which exists before the worker starts: the worker is confined to it)
         work_dirs = self.work_dirs
         work_dir = "" if work_dirs is None else str(work_dirs.path(attempt.tenant,
                                                                    attempt.run_id))
-        key = _key(spec, attempt.tenant)
-        pool = self._idle[key]
-        worker = pool.pop() if pool else await self._spawn(key, spec)
-        outcome: Done | Failed | None = None
+        call = _Call(reporter, sync)
+        slot = worker.next_slot()
+        worker.calls[slot] = call
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._forward_stderr, worker, reporter)
-                try:
-                    await worker.send(Start(
-                        dispatch_id=attempt.dispatch_id, run_id=attempt.run_id,
-                        node_id=attempt.node_id, task_id=attempt.task_id,
-                        attempt=attempt.attempt, parameters=attempt.parameters,
-                        tenant=attempt.tenant, work_dir=work_dir, sandbox=self.sandbox,
-                    ))
-                    outcome = await self._follow(worker, reporter)
-                except _WorkerGone:
-                    pass  # outcome stays None
-                tg.cancel_scope.cancel()
-        finally:
-            if outcome is not None and len(pool) < self.idle:
-                pool.append(worker)
-            else:  # surplus, crashed, or cancelled mid-attempt: end its process group
+            try:
+                if worker.alive:
+                    await worker.send(encode(Start(
+                        slot=slot, node_type=attempt.spec.type, dispatch_id=attempt.dispatch_id,
+                        run_id=attempt.run_id, node_id=attempt.node_id,
+                        task_id=attempt.task_id, attempt=attempt.attempt,
+                        parameters=attempt.parameters, tenant=attempt.tenant,
+                        work_dir=work_dir)))
+                if worker.alive:
+                    await call.done.wait()
+            except BaseException:  # stopped (cancel, timeout, failFast): stop it there too
                 with anyio.CancelScope(shield=True):
-                    await self._kill(worker)
+                    await self._stop_call(worker, slot, call)
+                raise
+        finally:
+            del worker.calls[slot]
+        outcome = call.outcome
         if outcome is None:
-            raise await self._crashed(worker, spec)
+            raise await self._crashed(worker, attempt.spec)
         if isinstance(outcome, Failed):
             error = ErrorInfo(code=outcome.code, message=outcome.message,
                               details=outcome.details)
             raise AttemptFailed(error, retryable=outcome.retryable)
         return outcome.result
 
-    async def aclose(self) -> None:
-        """Stop the idle workers."""
-        pools, self._idle = self._idle, defaultdict(list)
-        with anyio.CancelScope(shield=True):
-            for workers in pools.values():
-                for worker in workers:
-                    await self._kill(worker)
-        if not self._pids:
-            _remove(self._temp_root)
-            self._temp_root = None
+    async def _stop_call(self, worker: _Worker, slot: int, call: _Call) -> None:
+        """Cancel an attempt inside its worker; kill the worker if that does not end it in
+        time (a sync node cannot be cancelled: its worker is killed at once)."""
+        if call.done.is_set() or not worker.alive:
+            return
+        if not call.sync:
+            await worker.send(encode(Cancel(slot)))
+            with anyio.move_on_after(self.config.kill_grace_seconds):
+                await call.done.wait()
+            if call.done.is_set():
+                return
+        self._forget(worker)
+        await self._stop(worker)
 
-    def statistics(self) -> dict[str, int]:
-        return {"idle": sum(len(p) for p in self._idle.values()), "started": self.started}
+    def _where(self, spec: NodeType) -> Location:
+        """Where the node type's code lives; AttemptFailed if nowhere a worker can reach."""
+        catalog = self.catalog
+        location = None if catalog is None else catalog.location(spec.package, spec.version)
+        if location is None or catalog is None or catalog.get(
+                spec.package, spec.version, spec.type, retired=True) is None:
+            raise AttemptFailed(ErrorInfo(
+                code=Code.UNAVAILABLE,
+                message=f"node type {spec.type!r} of {spec.package}=={spec.version} is not "
+                        "installed any more",
+                details={"remediation": f"install {spec.package}=={spec.version} and submit "
+                                        "again"}), retryable=False)
+        if location.python is None:
+            problem = self._importable.get(spec.key, "")
+            if problem == "":
+                problem = self._importable[spec.key] = _not_importable(catalog, spec)
+            if problem is not None:
+                raise AttemptFailed(ErrorInfo(code=Code.UNAVAILABLE, message=problem),
+                                    retryable=False)
+        return location
 
-    # --- inside an attempt -------------------------------------------------------------------
+    def _pick(self, key: _Key, location: Location, sync: bool) -> _Worker:
+        """A worker with room for the attempt (the busiest that has, so that the others
+        stay idle and can be retired), or a new one."""
+        pool = self._pools[key]
+        best: _Worker | None = None
+        for worker in pool:
+            if not worker.alive:
+                continue
+            room = worker.capacity - worker.load
+            if (room == worker.capacity if sync else room >= 1) and (
+                    best is None or worker.load > best.load):
+                best = worker
+        if best is not None:
+            return best
+        if self._tg is None:
+            raise RuntimeError("the subprocess executor is not running (start its run() "
+                               "first, as Host.running() does)")
+        capacity = self.config.concurrency_for(key[0])
+        worker = _Worker(key, location, capacity)
+        pool.append(worker)
+        self._spawn_task(self._serve, worker)
+        return worker
 
-    async def _follow(self, worker: _Worker, reporter: Reporter) -> Done | Failed:
-        while True:
-            message = await worker.receive()
-            if isinstance(message, Done | Failed):
-                return message
-            if not isinstance(message, Hello):
-                reporter(message)  # a NodeReport, for the engine as it came
+    def _spawn_task(self, fn: Callable[[_Worker], Any], worker: _Worker) -> None:
+        assert self._tg is not None
+        self._tg.start_soon(fn, worker)
 
-    async def _forward_stderr(self, worker: _Worker, reporter: Reporter) -> None:
-        """What the node writes to stderr (or prints) becomes its "stderr" log channel."""
+    def _forget(self, worker: _Worker) -> None:
+        """Take a worker out of its pool: no attempt is given to it any more."""
+        worker.alive = False
+        pool = self._pools.get(worker.key)
+        if pool is not None and worker in pool:
+            pool.remove(worker)
+
+    # --- a worker's life -----------------------------------------------------------------------
+
+    async def _serve(self, worker: _Worker) -> None:
+        """Start a worker, then read what it sends until its pipe closes; then end it and
+        settle what was in flight in it."""
+        try:
+            await self._start(worker)
+        except AttemptFailed as exc:
+            worker.failure = exc
+            self._forget(worker)
+            worker.ready.set()
+            with anyio.CancelScope(shield=True):
+                await self._stop(worker)
+            return
+        except BaseException:
+            self._forget(worker)
+            worker.failure = AttemptFailed(ErrorInfo(
+                code=Code.UNAVAILABLE, message="the executor stopped"), retryable=True)
+            worker.ready.set()
+            with anyio.CancelScope(shield=True):
+                await self._stop(worker)
+            raise
+        try:
+            await self._read(worker)
+        finally:
+            self._forget(worker)
+            with anyio.CancelScope(shield=True):
+                await self._stop(worker)
+                for call in worker.calls.values():
+                    call.done.set()  # outcome None: the worker died under it
+
+    async def _read(self, worker: _Worker) -> None:
+        process = worker.process
+        assert process is not None and process.stdout is not None
+        buffer = bytearray()
+        calls = worker.calls
+        try:
+            async for data in process.stdout:
+                buffer += data
+                for body in split(buffer):
+                    message = decode_to_host(body)
+                    if isinstance(message, Report):
+                        call = calls.get(message.slot)
+                        if call is not None and not call.done.is_set():
+                            call.reporter(message.report)  # a NodeReport, as it came
+                    elif isinstance(message, Done | Failed):
+                        call = calls.get(message.slot)
+                        if call is not None:
+                            call.outcome = message
+                            call.done.set()
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, ValueError):
+            pass  # killed, or broken: what was in flight fails below
+
+    async def _forward_stderr(self, worker: _Worker) -> None:
+        """What reaches the worker's stderr goes to the attempt in it, as its "stderr" log
+        channel (print() in node code is routed by the worker itself, per attempt); with
+        several in flight, or none, to the daemon's log."""
+        process = worker.process
+        assert process is not None and process.stderr is not None
         pending = b""
         try:
-            async for data in worker.stderr:
+            async for data in process.stderr:
                 pending += data
                 if b"\n" in pending:
                     text, _, pending = pending.rpartition(b"\n")
-                    reporter(Chunk("stderr", text.decode(errors="replace") + "\n"))
+                    self._stderr(worker, text.decode(errors="replace") + "\n")
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass
-        if pending:
-            reporter(Chunk("stderr", pending.decode(errors="replace")))
+        finally:
+            if pending:
+                self._stderr(worker, pending.decode(errors="replace"))
+            worker.stderr_done.set()
 
-    # --- worker lifecycle ----------------------------------------------------------------------
+    def _stderr(self, worker: _Worker, text: str) -> None:
+        worker.stderr_tail.extend(text.splitlines())
+        calls = [c for c in worker.calls.values() if not c.done.is_set()]
+        if len(calls) == 1:
+            calls[0].reporter(Chunk("stderr", text))
+        elif worker.ready.is_set():
+            package, version, tenant = worker.key
+            log.info("worker %d (%s==%s, tenant %s): %s", worker.pid, package, version,
+                     tenant, text.rstrip("\n"))
 
-    async def _spawn(self, key: _Key, spec: NodeSpec) -> _Worker:
-        module, qualname = key[0], key[1]
-        if "<locals>" in qualname or module == "__main__":
-            raise AttemptFailed(ErrorInfo(
-                code=Code.UNAVAILABLE,
-                message=f"node type {spec.type!r} cannot run in a subprocess: its function "
-                        f"{module}.{qualname} is not importable (define it at module level, "
-                        f"or run package {spec.package!r} in-process)",
-            ), retryable=False)
+    async def _start(self, worker: _Worker) -> None:
+        package, version, tenant = worker.key
         if self.sandbox.landlock == "require" and not self.landlock:
             raise AttemptFailed(ErrorInfo(
                 code=Code.UNAVAILABLE,
                 message="[sandbox] landlock = \"require\", but this kernel has no Landlock: "
                         "no worker is started unconfined",
             ), retryable=False)
+        location = worker.location
         env = {k: v for k, v in os.environ.items()
                if k not in _SCRUB and not k.startswith("NODEHOST_")}
-        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        if self.memory_limit_mb:
-            env["NODEHOST_WORKER_MEMORY_MB"] = str(self.memory_limit_mb)
-        temp = self._make_temp(key[5]) if self.landlock else None
-        try:
-            if temp is not None:
-                env["TMPDIR"] = temp
-                env[CONFINEMENT_ENV] = json.encode(self._confinement(key[5], temp)).decode()
-            with anyio.CancelScope(shield=True):  # a process started is a process we must end
+        if location.python is None:
+            env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        else:  # its own environment: nothing of the daemon's on its path
+            for name in _NOT_FOR_ENVIRONMENTS:
+                env.pop(name, None)
+        if self.config.memory_limit_mb:
+            env["NODEHOST_WORKER_MEMORY_MB"] = str(self.config.memory_limit_mb)
+        temp = self._make_temp(tenant) if self.landlock else None
+        worker.temp = temp
+        if temp is not None:
+            env["TMPDIR"] = temp
+            env[CONFINEMENT_ENV] = json.encode(self._confinement(tenant, temp,
+                                                                 location.home)).decode()
+        with anyio.CancelScope(shield=True):  # a process started is a process we must end
+            try:
                 process = await anyio.open_process(
-                    [self.python, "-m", "nodehost.executors.worker", *key],
-                    env=env, start_new_session=True,
-                )
-        except BaseException:
-            _remove(temp)
-            raise
+                    [location.python or self.python, "-m", "nodehost.executors.worker"],
+                    env=env, start_new_session=True)
+            except OSError as exc:
+                _remove(temp)
+                worker.temp = None
+                raise AttemptFailed(ErrorInfo(
+                    code=Code.UNAVAILABLE, message=f"the worker for {package}=={version} "
+                    f"cannot start: {exc}"), retryable=False) from None
+        worker.process = process
+        worker.pid = process.pid
         self.started += 1
         self._pids.add(process.pid)
-        worker = _Worker(process, key, temp)
+        self._spawn_task(self._forward_stderr, worker)
+        functions = None if location.python is not None else self._functions(package, version)
+        await worker.send(encode(Load(package=package, version=version, tenant=tenant,
+                                      functions=functions, sandbox=self.sandbox)))
+        assert process.stdout is not None
+        buffer = bytearray()
+        hello = None
         try:
-            await anyio.lowlevel.checkpoint()  # cancelled while it started: end it below
-            hello = await worker.receive()
-        except _WorkerGone:
-            with anyio.CancelScope(shield=True):
-                stderr = await _read_all(worker)
-                code = await process.wait()
-            self._ended(worker)
-            tail = stderr.decode(errors="replace").strip().splitlines()[-12:]
+            while hello is None:
+                buffer += await process.stdout.receive()
+                bodies = split(buffer)
+                if bodies:
+                    hello = decode_to_host(bodies[0])
+        except (anyio.EndOfStream, anyio.BrokenResourceError, ValueError):
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                await worker.stderr_done.wait()
+                await process.wait()
+            tail = list(worker.stderr_tail)
             raise AttemptFailed(ErrorInfo(
                 code=Code.UNAVAILABLE,
-                message=f"the worker for {spec.package}=={spec.version} {spec.type!r} did not "
-                        f"start ({_exit_text(code)}): {tail[-1] if tail else 'no output'}",
+                message=f"the worker for {package}=={version} did not start "
+                        f"({_exit_text(process.returncode)}): "
+                        f"{tail[-1] if tail else 'no output'}",
                 details={"stderr": "\n".join(tail)},
             ), retryable=False) from None
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await self._kill(worker)
-            raise
-        if not isinstance(hello, Hello):  # pragma: no cover - protocol violation
-            await self._kill(worker)
+        if not isinstance(hello, Hello) or buffer:  # pragma: no cover - protocol violation
             raise AttemptFailed(ErrorInfo(code=Code.INTERNAL, message=f"worker said {hello!r} "
                                           "before hello"), retryable=True)
-        return worker
+        worker.ready.set()
+
+    def _functions(self, package: str, version: str) -> dict[str, str]:
+        catalog = self.catalog
+        assert catalog is not None
+        found = {}
+        for node_type in catalog.types(package, version):
+            code = catalog.code((package, version, node_type))
+            if code is not None:
+                found[node_type] = f"{code.fn.__module__}:{code.fn.__qualname__}"
+        return found
 
     def _make_temp(self, tenant: str) -> str:
         """A confined worker's own TMPDIR: where tempfile works even when the temp directory
@@ -280,7 +536,7 @@ class SubprocessExecutor:
             self._temp_root = tempfile.mkdtemp(prefix="nodehost-workers-")
         return tempfile.mkdtemp(prefix=f"{tenant}-", dir=self._temp_root)
 
-    def _confinement(self, tenant: str, temp: str) -> Confinement:
+    def _confinement(self, tenant: str, temp: str, home: str | None) -> Confinement:
         work = [temp, tempfile.gettempdir(), *self.sandbox.file_roots]
         protect = list(self.protect)
         work_dirs = self.work_dirs
@@ -289,16 +545,18 @@ class SubprocessExecutor:
             tenant_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             work.insert(0, str(tenant_dir))
             protect.append(str(work_dirs.root))
-        return for_tenant(tenant, work=work, protect=protect, temp=temp)
+        # a package's own environment lies in the state directory: it may read that
+        rules = for_tenant(tenant, work=work, protect=protect, temp=temp)
+        if home is not None:
+            rules.read.append(home)
+        return rules
 
-    def _ended(self, worker: _Worker) -> None:
-        """The worker's process is reaped: forget its pid, remove its TMPDIR."""
-        self._pids.discard(worker.pid)
-        _remove(worker.temp)
-        worker.temp = None
-
-    async def _crashed(self, worker: _Worker, spec: NodeSpec) -> AttemptFailed:
-        code = worker.process.returncode  # _kill has reaped it
+    async def _crashed(self, worker: _Worker, spec: NodeType) -> AttemptFailed:
+        process = worker.process
+        code = None
+        if process is not None:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+                code = await process.wait()
         details: dict[str, Any] = {"exitCode": code}
         if code is not None and code < 0:
             details["signal"] = signal.Signals(-code).name
@@ -310,11 +568,20 @@ class SubprocessExecutor:
             details=details,
         ), retryable=True)
 
-    async def _kill(self, worker: _Worker) -> None:
+    async def _stop(self, worker: _Worker) -> None:
         """End a worker and its process group: stdin closed, then SIGTERM, then SIGKILL."""
+        worker.alive = False
         process = worker.process
+        if worker.stopping is not None:  # under way already (or done)
+            await worker.stopping.wait()
+            return
+        worker.stopping = anyio.Event()
+        if process is None:
+            worker.stopping.set()
+            return
         if process.returncode is None:
-            for sig, wait in ((signal.SIGTERM, self.kill_grace), (signal.SIGKILL, 10.0)):
+            for sig, wait in ((signal.SIGTERM, self.config.kill_grace_seconds),
+                              (signal.SIGKILL, 10.0)):
                 try:
                     os.killpg(worker.pid, sig)
                 except ProcessLookupError:
@@ -322,33 +589,39 @@ class SubprocessExecutor:
                 with anyio.move_on_after(wait):
                     await process.wait()
                     break
-        else:  # the leader is gone; what it started may not be
-            try:
-                os.killpg(worker.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        with _ignore_gone():  # the leader is gone; what it started may not be
+            os.killpg(worker.pid, signal.SIGKILL)
         await process.aclose()
-        self._ended(worker)
+        self._pids.discard(worker.pid)
+        _remove(worker.temp)
+        worker.temp = None
+        worker.stopping.set()
 
 
-def _key(spec: NodeSpec, tenant: str) -> _Key:
-    fn = spec.fn
-    return (fn.__module__, fn.__qualname__, spec.package, spec.version, spec.type, tenant)
+class _ignore_gone:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, exc: object, tb: object) -> bool:
+        return isinstance(exc, ProcessLookupError | PermissionError)
+
+
+def _not_importable(catalog: Catalog | None, spec: NodeType) -> str | None:
+    """Why a worker could not import a node function of the daemon's own (None: it can)."""
+    code = None if catalog is None else catalog.code(spec.key)
+    if code is None:
+        return f"node type {spec.type!r} has no code in this interpreter"
+    module, qualname = code.fn.__module__, code.fn.__qualname__
+    if "<locals>" in qualname or module == "__main__":
+        return (f"node type {spec.type!r} cannot run in a subprocess: its function "
+                f"{module}.{qualname} is not importable (define it at module level, "
+                f"or run package {spec.package!r} in-process)")
+    return None
 
 
 def _remove(temp: str | None) -> None:
     if temp is not None:
         shutil.rmtree(temp, ignore_errors=True)
-
-
-async def _read_all(worker: _Worker) -> bytes:
-    chunks = []
-    try:
-        async for data in worker.stderr:
-            chunks.append(data)
-    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-        pass
-    return b"".join(chunks)
 
 
 def _exit_text(code: int | None) -> str:

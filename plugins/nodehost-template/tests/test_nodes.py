@@ -28,6 +28,7 @@ async def test_greet_nobody_says_what_to_do(nodehost_host: Host) -> None:
 
 
 async def test_parameters_are_checked(nodehost_host: Host) -> None:
-    with pytest.raises(WorkflowInvalid, match=r"parameters\.times: Expected `int` <= 10"):
+    with pytest.raises(WorkflowInvalid,
+                       match=r"parameters\.times: 11 is greater than the maximum of 10"):
         await nodehost_host.run_node(package, "acme.template.greet",
                                      {"name": "Ada", "times": 11})
