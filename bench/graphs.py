@@ -74,14 +74,17 @@ _OUT = [{"key": "out", "binding": {"path": "/results/value"}}]
 
 
 def nodehost_document(shape: Shape, *, data: bool, id: str = "bench",
-                      node_type: str | None = None) -> dict[str, Any]:
-    """A bare workflow document (camelCase wire format)."""
+                      node_type: str | None = None,
+                      package: dict[str, str] | None = None) -> dict[str, Any]:
+    """A bare workflow document (camelCase wire format); `package` and the node type's
+    prefix default to the bench's own (`bench` 1.0, `bench.noop` / `bench.value`)."""
     node_type = node_type or ("bench.value" if data else "bench.noop")
+    pinned = package or _PACKAGE
     node_list: list[dict[str, Any]] = []
     edges: list[dict[str, Any]] = []
     for i, ups in enumerate(shape.deps):
         node: dict[str, Any] = {"id": f"n{i}", "type": node_type,
-                                "package": _PACKAGE}
+                                "package": pinned}
         if data:
             node["ui"] = {
                 "inputPorts": [{"key": f"in{k}", "binding": {"path": f"/parameters/in{k}"}}

@@ -53,7 +53,6 @@ def project(pytester: pytest.Pytester) -> Path:
         target = pytester.path / path
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text)
-    (pytester.path / "src" / "acme_weather_v2").mkdir(exist_ok=True)
     pytester.syspathinsert(pytester.path / "src")
     return pytester.path
 
@@ -64,7 +63,7 @@ def test_the_walk_through_tests_pass_in_both_executors(
     """Every test on the page passes, once per executor and backend."""
     tests = sum(text.count("\nasync def test_") for path, text in files().items()
                 if path.startswith("tests/"))
-    assert tests == 7
+    assert tests == 6
     result = pytester.runpytest("-p", "nodehost.testing", "-W", "error", "tests")
     result.assert_outcomes(passed=tests * len(EXECUTORS) * BACKENDS)
 

@@ -573,7 +573,9 @@ def packages(ctx: click.Context, config_path: str | None, output: str) -> None:
     policy = Policy(config.policy)
     tenants = sorted({"default", *config.policy.tenants, *(t.tenant for t in config.auth.tokens)})
     for entry in listing:
-        entry["executor"] = config.executors.kind_for(entry["name"])
+        # an environment's package runs in its workers, whatever [executors] says
+        entry["executor"] = ("subprocess" if entry["environment"]
+                             else config.executors.kind_for(entry["name"]))
         for node in entry["nodes"]:
             if node["privileged"]:
                 node["executor"] = "subprocess"  # never on the daemon's own privileges
@@ -666,10 +668,9 @@ def _print_packages(out: Console, listing: list[dict[str, Any]], errors: list[di
         out.print("no node packages installed", style="yellow")
     for entry in listing:
         out.print(f"{entry['name']} {entry['version']}", style="bold", markup=False, end="")
-        where = (f"environment {entry['environment']}" if entry["environment"]
-                 else "the daemon's environment")
-        out.print(f"  ({entry['origin']}; runs {entry['executor']}; in {where})",
-                  markup=False)
+        where = f"; in {entry['environment']}" if entry["environment"] else ""
+        out.print(f"  ({entry['origin'].split(' (environment')[0]}; runs "
+                  f"{entry['executor']}{where})", markup=False)
         if entry["description"]:
             out.print(f"  {entry['description']}", markup=False)
         width = max((len(n["type"]) for n in entry["nodes"]), default=0)
