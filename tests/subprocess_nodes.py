@@ -98,3 +98,24 @@ def reserve(ctx: Context, params: dict) -> dict:
     area = mmap.mmap(-1, params["mib"] << 20)
     area.close()
     return {"reserved": params["mib"]}
+
+
+_WAITING: list[asyncio.Event] = []
+
+
+@package.node("t.isolated.wait")
+async def wait(ctx: Context, params: dict) -> dict:
+    """Wait until t.isolated.release runs in this same worker process."""
+    event = asyncio.Event()
+    _WAITING.append(event)
+    await event.wait()
+    return {"pid": os.getpid()}
+
+
+@package.node("t.isolated.release")
+async def release(ctx: Context, params: dict) -> dict:
+    """Release a t.isolated.wait of this process (waiting for one to arrive)."""
+    while not _WAITING:
+        await asyncio.sleep(0.01)
+    _WAITING.pop().set()
+    return {"pid": os.getpid()}

@@ -113,6 +113,16 @@ async def test_a_warm_worker_serves_the_next_attempt(harness: Harness) -> None:
     assert harness.executor.started == 1
 
 
+async def test_async_attempts_share_one_worker_at_once(harness: Harness) -> None:
+    """Two async nodes are in flight in one worker together: the one waits for the other,
+    which would never come if each had a worker (or the worker ran one at a time)."""
+    run = await harness.run(node("w", "wait", timeoutSeconds=20),
+                            node("r", "release", timeoutSeconds=20))
+    assert run.status == "succeeded", run.error
+    assert run.tasks["w"].result["pid"] == run.tasks["r"].result["pid"]
+    assert harness.executor.started == 1
+
+
 async def test_what_an_attempt_leaves_running_does_not_reach_the_next(
         harness: Harness) -> None:
     """The worker keeps one event loop across attempts, but a task a node left behind is
