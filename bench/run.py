@@ -50,7 +50,8 @@ QUICK = {
     "sse_graph": "layered:5x20",
     "idle_seconds": 2.0,
 }
-SECTIONS = ["throughput", "scaling", "latency", "events", "recovery", "idle", "daemon"]
+SECTIONS = ["throughput", "scaling", "latency", "events", "recovery", "idle", "daemon",
+            "executors"]
 
 # the targets
 TARGET_BARE_RATIO = 3.0
@@ -382,6 +383,14 @@ def main(argv: list[str] | None = None) -> None:
                              f"{f_ms(dm['sse_max'])}",
                              f"{dm['sse_delivered']:,} deliveries, {dm['sse_nodes']} "
                              f"std.delay(0) nodes; the clients share the 2 cores"])
+        if "executors" in sections:  # bench/executors.py: a third-party package in workers
+            from . import executors
+
+            log("executors")
+            ex = out["executors"] = executors.run(
+                executors.QUICK if args.quick else executors.FULL, cfg["repeats"])
+            report.append("\n## Executors: per node, a warm host (target 3x)\n")
+            report.append(executors.table(ex))
         if rows:
             report.append("\n## Latency, recovery, footprint\n")
             report.append(table(["measure", "value", "notes"], rows))
