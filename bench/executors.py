@@ -83,8 +83,6 @@ async def _nodehost(engine: str, shape: Any, data: bool, repeats: int) -> dict[s
 
 def measure(engine: str, graph: str, data: bool, repeats: int) -> dict[str, Any]:
     """One engine on one graph, in this process."""
-    import anyio
-
     from nodehost import collector
 
     from . import engines, graphs
@@ -94,7 +92,7 @@ def measure(engine: str, graph: str, data: bool, repeats: int) -> dict[str, Any]
         out = engines.run_bare("bare-anyio", shape, data, repeats, None)
     else:
         collector.tune_for_daemon()
-        out = anyio.run(_nodehost, engine, shape, data, repeats)
+        out = engines.run_as_daemon(_nodehost, engine, shape, data, repeats)
     out["us_per_node"] = min(out["times"]) / len(shape) * 1e6
     return out
 

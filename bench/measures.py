@@ -21,7 +21,7 @@ from typing import Any
 
 import anyio
 
-from . import graphs, nodes
+from . import engines, graphs, nodes
 from .engines import bench_config, daemon_host
 
 
@@ -65,7 +65,7 @@ def latency(repeats: int, graph: str, state_base: str | None = None) -> dict[str
                     await host.store.wait_durable()
 
     with tempfile.TemporaryDirectory(prefix="nodehost-bench-", dir=state_base) as tmp:
-        anyio.run(main, Path(tmp))
+        engines.run_as_daemon(main, Path(tmp))
     return {"nodes": len(shape), "repeats": repeats,
             "dict_median": statistics.median(out["dict"]),
             "prepared_median": statistics.median(out["prepared"]),
@@ -95,7 +95,7 @@ def write_ahead(nodes_in_chain: int, state_base: str | None = None) -> dict[str,
                 out[node_type] = min(out.get(node_type, seconds), seconds)
 
     with tempfile.TemporaryDirectory(prefix="nodehost-bench-", dir=state_base) as tmp:
-        anyio.run(main, Path(tmp))
+        engines.run_as_daemon(main, Path(tmp))
     return {"nodes": len(shape), "idempotent": out["bench.noop"],
             "not_idempotent": out["bench.effect"]}
 
@@ -151,8 +151,8 @@ def events(graph: str, subscribers: int, state_base: str | None = None) -> dict[
             return seconds, latencies, bus.dropped_subscribers
 
     with tempfile.TemporaryDirectory(prefix="nodehost-bench-", dir=state_base) as tmp:
-        base, _, _ = anyio.run(run_once, Path(tmp) / "a", 0)
-        seconds, lat, dropped = anyio.run(run_once, Path(tmp) / "b", subscribers)
+        base, _, _ = engines.run_as_daemon(run_once, Path(tmp) / "a", 0)
+        seconds, lat, dropped = engines.run_as_daemon(run_once, Path(tmp) / "b", subscribers)
     lat.sort()
     result.update(
         run_seconds_without=base, run_seconds_with=seconds, delivered=len(lat),
@@ -180,7 +180,7 @@ def recovery_write(graph: str, runs: int, state_dir: str) -> dict[str, Any]:
             await host.store.wait_durable()
             return host.store.records_written
 
-    records = anyio.run(main)
+    records = engines.run_as_daemon(main)
     return {"runs": runs, "nodes": runs * len(shape), "records": records,
             "journal_bytes": sum(p.stat().st_size for p in Path(state_dir).rglob("*")
                                  if p.is_file())}
@@ -247,7 +247,7 @@ def idle_host(seconds: float, state_base: str | None = None) -> dict[str, Any]:
             out["peak_rss_kb"] = _status_kb("self", "VmHWM")
 
     with tempfile.TemporaryDirectory(prefix="nodehost-bench-", dir=state_base) as tmp:
-        anyio.run(main, Path(tmp))
+        engines.run_as_daemon(main, Path(tmp))
     return out
 
 

@@ -17,10 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import anyio
 import msgspec
 
-from . import nodes
+from . import engines, nodes
 
 DOC = msgspec.json.encode({
     "id": "one", "schemaVersion": "2025-01", "metadata": {"name": "one"},
@@ -67,7 +66,7 @@ def measure(runs: int, cold_runs: int, repeats: int) -> list[dict[str, Any]]:
     best: dict[tuple[str, str, str], float] = {}
     for _ in range(repeats):  # interleaved, so drift on a noisy machine hits every variant
         for mode, executor, landlock, idle, n in variants:
-            median = statistics.median(anyio.run(_per_run, executor, landlock, idle, n))
+            median = statistics.median(engines.run_as_daemon(_per_run, executor, landlock, idle, n))
             key = (mode, executor, landlock)
             best[key] = min(best.get(key, median), median)
     base = best[("warm", "inprocess", "off")]

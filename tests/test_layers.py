@@ -27,7 +27,7 @@ TIERS: dict[str, int] = {
     "store.snapshot": 3, "store.store": 3, "store.continuity": 3,
     # 4: running things: the scheduler, executors, recovery, the composition of a host
     "scheduler": 4, "executors": 4, "executors.frames": 4, "executors.inprocess": 4,
-    "executors.coding": 4, "executors.describe": 4,
+    "executors.coding": 4, "executors.describe": 4, "executors.polling": 4,
     "executors.subprocess": 4, "executors.worker": 4, "executors.landlock": 4,
     "executors.confinement": 4, "recovery": 4, "host": 4, "workdirs": 4,
     # 5: the API and the daemon's surroundings

@@ -29,6 +29,7 @@ from .documents import Documents, Prepared
 from .environments import AlreadyInstalled, Environments, InstallFailed, load_into
 from .errors import PluginLoadError, WorkflowInvalid
 from .events import Envelope
+from .executors.polling import run_options
 from .graph import Graph
 from .host import Host, build_host
 from .model import RunOptions
@@ -202,7 +203,8 @@ def run(workflow: str, config_path: str | None, output: str, fail_fast: bool,
         screen = Console(stderr=to_stderr, highlight=False, soft_wrap=True,
                          force_terminal=progress == "live" or None)
         show = progress != "none"
-    run = anyio.run(_run, host, prepared, screen if show else None, views)
+    run = anyio.run(_run, host, prepared, screen if show else None, views,
+                    backend_options=run_options(config.scheduler.loop_poll_us))
     if output != "json" and not show:
         screen = Console(highlight=False, soft_wrap=True)
     summary = msgspec.to_builtins(run_summary(run))
@@ -292,7 +294,9 @@ def serve(config_path: str | None, accept_journal_loss: bool) -> None:
         raise _Fail(str(exc)) from None
     collector.tune_for_daemon()
     try:
-        anyio.run(_serve, daemon, config_path)  # asyncio: uvicorn runs on nothing else
+        # asyncio: uvicorn runs on nothing else
+        anyio.run(_serve, daemon, config_path,
+                  backend_options=run_options(config.scheduler.loop_poll_us))
     except BaseExceptionGroup as group:
         failed = group.subgroup(StoreFailed)
         if failed is None:

@@ -62,6 +62,10 @@ class SchedulerConfig(_Section, frozen=True):
     parallelism: Annotated[int, Meta(ge=1, le=10_000)] = 32
     per_package: dict[str, Positive] = {}
     default_per_package: Positive | None = None
+    # after a burst of events the daemon's event loop looks again this long (us) before it
+    # sleeps: an answer from a worker or from the journal's writer is taken without the
+    # machine's wake-up latency (CPU: at most this much per burst); 0 = sleep at once
+    loop_poll_us: Annotated[int, Meta(ge=0, le=100_000)] = 300
 
     def for_package(self, name: str) -> int | None:
         return self.per_package.get(name, self.default_per_package)
@@ -95,6 +99,10 @@ class ExecutorsConfig(_Section, frozen=True):
     # pushing the machine into swap; 0 = no limit (for runtimes that map huge areas)
     memory_limit_mb: Annotated[int, Meta(ge=0)] = 2048
     kill_grace_seconds: Annotated[float, Meta(ge=0, le=600)] = 1.0
+    # after a burst of frames a worker keeps looking for the next one this long (us) before
+    # it sleeps: a chain of nodes does not pay the machine's wake-up latency per attempt
+    # (CPU: at most this much per burst); 0 = sleep at once
+    worker_poll_us: Annotated[int, Meta(ge=0, le=100_000)] = 300
 
     def concurrency_for(self, package: str) -> int:
         return self.per_package_concurrency.get(package, self.concurrency)

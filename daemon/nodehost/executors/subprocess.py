@@ -20,6 +20,7 @@ environment holds nothing of the daemon's (no token, no credentials, no NODEHOST
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shutil
@@ -33,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 import anyio.abc
+import sniffio
 from anyio.abc import Process
 from msgspec import json
 
@@ -102,36 +104,80 @@ class _Worker:
         self._slot = 0
         self._outbox: list[bytes] = []
         self._sending = False
+        self.wfd = -1  # our ends of its stdin and stdout (non-blocking)
+        self.rfd = -1
+        self.read_ended: asyncio.Future[None] | None = None
 
     def next_slot(self) -> int:
         self._slot += 1
         return self._slot
 
     async def send(self, data: bytes) -> None:
-        """Write a frame, with whatever else is waiting (one write for many frames). A
-        write is never cut off half-way (that would garble the pipe); a worker that takes
-        nothing for a minute is stuck, and killed."""
+        """Write a frame, with whatever else is waiting (one write for many frames): at
+        once while the pipe has room, else as it drains. A write is never cut off half-way
+        (that would garble the pipe); a worker that takes nothing for a minute is stuck,
+        and killed."""
+        if not self._sending and self.alive and self.wfd >= 0:
+            try:  # the pipe has room, mostly: no need for a cancel scope then
+                data = data[os.write(self.wfd, data):]
+            except BlockingIOError:
+                pass
+            except OSError:
+                data = b""
+                self._broken()
+            if not data:
+                return
         self._outbox.append(data)
         if self._sending:
             return  # the write in progress takes it along
-        process = self.process
-        assert process is not None and process.stdin is not None
         self._sending = True
         try:
             with anyio.CancelScope(shield=True):
-                while self._outbox and self.alive:
-                    chunk = b"".join(self._outbox)
+                while self._outbox and self.alive and self.wfd >= 0:
+                    chunk = memoryview(b"".join(self._outbox))
                     self._outbox.clear()
-                    with anyio.move_on_after(_SEND_SECONDS) as scope:
-                        await process.stdin.send(chunk)
-                    if scope.cancelled_caught:
-                        raise anyio.BrokenResourceError("the worker takes no frames")
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            self.alive = False
-            with _ignore_gone():
-                os.killpg(self.pid, signal.SIGKILL)
+                    while chunk:
+                        try:
+                            chunk = chunk[os.write(self.wfd, chunk):]
+                            continue
+                        except BlockingIOError:
+                            pass
+                        with anyio.move_on_after(_SEND_SECONDS) as scope:
+                            await anyio.wait_writable(self.wfd)
+                        if scope.cancelled_caught:
+                            raise BrokenPipeError("the worker takes no frames")
+        except (OSError, anyio.ClosedResourceError):
+            self._broken()
         finally:
             self._sending = False
+
+    def _broken(self) -> None:
+        """Its stdin is broken (or it takes nothing): it is killed, and fails what it has."""
+        self.alive = False
+        with _ignore_gone():
+            os.killpg(self.pid, signal.SIGKILL)
+
+    async def receive(self) -> bytes:
+        """What the worker wrote since the last call (b"": its end is closed)."""
+        while True:
+            fd = self.rfd
+            if fd < 0:
+                return b""
+            try:
+                return os.read(fd, 1 << 20)
+            except BlockingIOError:
+                await anyio.wait_readable(fd)
+
+    def close_pipes(self) -> None:
+        ended = self.read_ended
+        if ended is not None and not ended.done():  # the reader callback's: it is removed
+            ended.set_result(None)
+        for name in ("wfd", "rfd"):
+            fd = getattr(self, name)
+            if fd >= 0:
+                setattr(self, name, -1)
+                anyio.notify_closing(fd)  # a task waiting on it gets ClosedResourceError
+                os.close(fd)
 
 
 class SubprocessExecutor:
@@ -166,6 +212,9 @@ class SubprocessExecutor:
         self._idle_changed = anyio.Event()
         self._importable: dict[tuple[str, str, str], str | None] = {}
         self.started = 0
+        self._last_work_dir: tuple[tuple[str, str], str] = (("", ""), "")
+        self._locations: dict[tuple[str, str, str], Location] = {}
+        self._locations_generation = -1
 
     @property
     def confinement(self) -> Literal["landlock", "off", "unavailable"]:
@@ -264,9 +313,7 @@ class SubprocessExecutor:
                    sync: bool) -> dict[str, Any]:
         # the worker makes it when the node first asks for it (in its tenant's directory,
         # which exists before the worker starts: the worker is confined to it)
-        work_dirs = self.work_dirs
-        work_dir = "" if work_dirs is None else str(work_dirs.path(attempt.tenant,
-                                                                   attempt.run_id))
+        work_dir = self._work_dir(attempt.tenant, attempt.run_id)
         call = _Call(reporter, sync)
         slot = worker.next_slot()
         worker.calls[slot] = call
@@ -296,6 +343,15 @@ class SubprocessExecutor:
             raise AttemptFailed(error, retryable=outcome.retryable)
         return outcome.result
 
+    def _work_dir(self, tenant: str, run_id: str) -> str:
+        """The run's work directory, as the worker is told it (the last one is kept: the
+        attempts of one run tend to come together)."""
+        if self.work_dirs is None:
+            return ""
+        if self._last_work_dir[0] != (tenant, run_id):
+            self._last_work_dir = ((tenant, run_id), str(self.work_dirs.path(tenant, run_id)))
+        return self._last_work_dir[1]
+
     async def _stop_call(self, worker: _Worker, slot: int, call: _Call) -> None:
         """Cancel an attempt inside its worker; kill the worker if that does not end it in
         time (a sync node cannot be cancelled: its worker is killed at once)."""
@@ -311,8 +367,16 @@ class SubprocessExecutor:
         await self._stop(worker)
 
     def _where(self, spec: NodeType) -> Location:
-        """Where the node type's code lives; AttemptFailed if nowhere a worker can reach."""
+        """Where the node type's code lives; AttemptFailed if nowhere a worker can reach
+        (what was found is kept until the catalog changes)."""
         catalog = self.catalog
+        if catalog is not None:
+            if self._locations_generation != catalog.generation:
+                self._locations.clear()
+                self._locations_generation = catalog.generation
+            found = self._locations.get(spec.key)
+            if found is not None:
+                return found
         location = None if catalog is None else catalog.location(spec.package, spec.version)
         if location is None or catalog is None or catalog.get(
                 spec.package, spec.version, spec.type, retired=True) is None:
@@ -329,6 +393,7 @@ class SubprocessExecutor:
             if problem is not None:
                 raise AttemptFailed(ErrorInfo(code=Code.UNAVAILABLE, message=problem),
                                     retryable=False)
+        self._locations[spec.key] = location
         return location
 
     def _pick(self, key: _Key, location: Location, sync: bool) -> _Worker:
@@ -397,26 +462,64 @@ class SubprocessExecutor:
                     call.done.set()  # outcome None: the worker died under it
 
     async def _read(self, worker: _Worker) -> None:
-        process = worker.process
-        assert process is not None and process.stdout is not None
+        """Take the worker's frames until its pipe closes: on asyncio by a reader callback
+        (what arrives is handed on in the loop turn that saw it: no task switch, no
+        re-registration per read, a chain pays this per attempt); else by waiting."""
         buffer = bytearray()
-        calls = worker.calls
         try:
-            async for data in process.stdout:
-                buffer += data
-                for body in split(buffer):
-                    message = decode_to_host(body)
-                    if isinstance(message, Report):
-                        call = calls.get(message.slot)
-                        if call is not None and not call.done.is_set():
-                            call.reporter(message.report)  # a NodeReport, as it came
-                    elif isinstance(message, Done | Failed):
-                        call = calls.get(message.slot)
-                        if call is not None:
-                            call.outcome = message
-                            call.done.set()
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, ValueError):
+            if sniffio.current_async_library() == "asyncio":
+                await self._read_by_callback(worker, buffer)
+            else:
+                while data := await worker.receive():
+                    self._frames(worker, buffer, data)
+        except (OSError, anyio.ClosedResourceError, ValueError):
             pass  # killed, or broken: what was in flight fails below
+
+    async def _read_by_callback(self, worker: _Worker, buffer: bytearray) -> None:
+        loop = asyncio.get_running_loop()
+        fd = worker.rfd
+        ended: asyncio.Future[None] = loop.create_future()
+
+        def readable() -> None:
+            try:
+                data = os.read(fd, 1 << 20)
+                if data:
+                    self._frames(worker, buffer, data)
+                    return
+            except BlockingIOError:
+                return
+            except (OSError, ValueError) as exc:
+                if not ended.done():
+                    ended.set_exception(exc)
+                    loop.remove_reader(fd)
+                return
+            if not ended.done():
+                ended.set_result(None)
+                loop.remove_reader(fd)
+
+        worker.read_ended = ended
+        loop.add_reader(fd, readable)
+        try:
+            await ended
+        finally:
+            worker.read_ended = None
+            if worker.rfd == fd:
+                loop.remove_reader(fd)
+
+    def _frames(self, worker: _Worker, buffer: bytearray, data: bytes) -> None:
+        buffer += data
+        calls = worker.calls
+        for body in split(buffer):
+            message = decode_to_host(body)
+            if isinstance(message, Report):
+                call = calls.get(message.slot)
+                if call is not None and not call.done.is_set():
+                    call.reporter(message.report)  # a NodeReport, as it came
+            elif isinstance(message, Done | Failed):
+                call = calls.get(message.slot)
+                if call is not None:
+                    call.outcome = message
+                    call.done.set()
 
     async def _forward_stderr(self, worker: _Worker) -> None:
         """What reaches the worker's stderr goes to the attempt in it, as its "stderr" log
@@ -466,6 +569,8 @@ class SubprocessExecutor:
                 env.pop(name, None)
         if self.config.memory_limit_mb:
             env["NODEHOST_WORKER_MEMORY_MB"] = str(self.config.memory_limit_mb)
+        if self.config.worker_poll_us:
+            env["NODEHOST_WORKER_POLL_US"] = str(self.config.worker_poll_us)
         temp = self._make_temp(tenant) if self.landlock else None
         worker.temp = temp
         if temp is not None:
@@ -473,16 +578,27 @@ class SubprocessExecutor:
             env[CONFINEMENT_ENV] = json.encode(self._confinement(tenant, temp,
                                                                  location.home)).decode()
         with anyio.CancelScope(shield=True):  # a process started is a process we must end
+            # pipes of our own rather than the process's streams: frames are read and
+            # written on the file descriptors directly (a chain pays this per attempt)
+            stdin_r, stdin_w = os.pipe()
+            stdout_r, stdout_w = os.pipe()
             try:
                 process = await anyio.open_process(
                     [location.python or self.python, "-m", "nodehost.executors.worker"],
-                    env=env, start_new_session=True)
+                    stdin=stdin_r, stdout=stdout_w, env=env, start_new_session=True)
             except OSError as exc:
+                for fd in (stdin_r, stdin_w, stdout_r, stdout_w):
+                    os.close(fd)
                 _remove(temp)
                 worker.temp = None
                 raise AttemptFailed(ErrorInfo(
                     code=Code.UNAVAILABLE, message=f"the worker for {package}=={version} "
                     f"cannot start: {exc}"), retryable=False) from None
+            os.close(stdin_r)
+            os.close(stdout_w)
+            os.set_blocking(stdin_w, False)
+            os.set_blocking(stdout_r, False)
+            worker.wfd, worker.rfd = stdin_w, stdout_r
         worker.process = process
         worker.pid = process.pid
         self.started += 1
@@ -491,16 +607,18 @@ class SubprocessExecutor:
         functions = None if location.python is not None else self._functions(package, version)
         await worker.send(encode(Load(package=package, version=version, tenant=tenant,
                                       functions=functions, sandbox=self.sandbox)))
-        assert process.stdout is not None
         buffer = bytearray()
         hello = None
         try:
             while hello is None:
-                buffer += await process.stdout.receive()
+                data = await worker.receive()
+                if not data:
+                    raise EOFError
+                buffer += data
                 bodies = split(buffer)
                 if bodies:
                     hello = decode_to_host(bodies[0])
-        except (anyio.EndOfStream, anyio.BrokenResourceError, ValueError):
+        except (EOFError, OSError, anyio.ClosedResourceError, ValueError):
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 await worker.stderr_done.wait()
                 await process.wait()
@@ -577,6 +695,7 @@ class SubprocessExecutor:
             return
         worker.stopping = anyio.Event()
         if process is None:
+            worker.close_pipes()
             worker.stopping.set()
             return
         if process.returncode is None:
@@ -591,6 +710,7 @@ class SubprocessExecutor:
                     break
         with _ignore_gone():  # the leader is gone; what it started may not be
             os.killpg(worker.pid, signal.SIGKILL)
+        worker.close_pipes()
         await process.aclose()
         self._pids.discard(worker.pid)
         _remove(worker.temp)

@@ -52,6 +52,7 @@ from .frames import (
     header,
     split,
 )
+from .polling import PollingSelector
 
 __all__ = ["main"]
 
@@ -341,7 +342,8 @@ class _Worker:
             self.out.send(Failed(slot, Code.RESULT_UNENCODABLE,
                                  f"the result cannot be stored: {exc}", None,
                                  retryable=False, raised=False))
-        if not self.tasks:
+        if not self.tasks:  # nothing else will come of this turn: no need to wait for it
+            self.out.flush()
             self.sweep()
 
     def sweep(self) -> None:
@@ -366,6 +368,7 @@ async def _serve(worker: _Worker) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     memory_mb = int(os.environ.pop("NODEHOST_WORKER_MEMORY_MB", "0"))  # not for nodes
+    poll_us = int(os.environ.pop("NODEHOST_WORKER_POLL_US", "0"))
     if memory_mb > 0:
         limit = memory_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -390,7 +393,8 @@ def main(argv: list[str] | None = None) -> int:
             return 71
         printed = _Printed(out, sys.stderr)
         sys.stdout = sys.stderr = printed
-        loop = asyncio.new_event_loop()
+        loop = (asyncio.SelectorEventLoop(PollingSelector(poll_us / 1e6)) if poll_us > 0
+                else asyncio.new_event_loop())
         asyncio.set_event_loop(loop)
         out.attach(loop)
         out.send(Hello(pid=os.getpid(), python=sys.version.split()[0],
