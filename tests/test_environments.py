@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -171,3 +172,82 @@ def test_the_daemon_runs_each_version_without_importing_either(
     state = f"{served.directory}/state/packages"
     assert imported_by(marker) == {f"{state}/acme-textstats-{v}/bin/python"
                                    for v in ("1.0.0", "2.0.0")}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # the daemon serves with uvicorn
+async def test_a_version_being_uninstalled_keeps_serving_the_runs_that_use_it(
+        wheels: tuple[Path, Path], anyio_backend: str) -> None:
+    """Uninstalled while a daemon runs: offered to no new run, kept for the run that uses
+    it until that run ends, then removed (and its workers stopped)."""
+    import anyio
+    import httpx
+
+    from nodehost.configfile import load_config
+    from nodehost.environments import load_into
+    from nodehost.plugins import Catalog
+    from nodehost.service import Daemon
+
+    with short_tmpdir() as d:
+        config = Path(d) / "config.toml"
+        config.write_text(f'[server]\nlisten = "unix:{d}/run/nodehost.sock"\n'
+                          f'state_dir = "{d}/state"\nruntime_dir = "{d}/run"\n'
+                          'drain_seconds = 0\n')
+        assert cli("packages", "install", str(wheels[0]), config=str(config))[0] == 0
+        environments = Environments(f"{d}/state/packages")
+        (env,) = environments.installed()
+        catalog = Catalog()
+        assert load_into(catalog, environments.root) == []
+        daemon = Daemon(load_config(config), catalog, config_path=str(config))
+        daemon.open()
+        release = Path(d) / "release"
+
+        def submit(node_type: str, parameters: dict[str, Any]) -> dict[str, Any]:
+            return {"workflow": {"id": "wf", "schemaVersion": "2025-01",
+                                 "metadata": {"name": "t"}, "nodes": [{
+                                     "id": "n", "type": node_type, "parameters": parameters,
+                                     "package": {"name": "acme.textstats",
+                                                 "version": "1.0.0"}}]}, "clientId": "c"}
+
+        async with anyio.create_task_group() as tg:
+            await tg.start(daemon.run)
+            try:
+                async with httpx.AsyncClient(
+                        transport=httpx.AsyncHTTPTransport(uds=f"{d}/run/nodehost.sock"),
+                        base_url="http://localhost/api/v1") as client:
+                    held = await client.post("/runs", json=submit(
+                        "acme.textstats.hold", {"release": str(release)}))
+                    assert held.status_code == 202, held.text
+                    run_id = held.json()["runId"]
+                    told: list[int] = []  # the daemon runs here: its SIGHUP comes to us
+                    previous = signal.signal(signal.SIGHUP, lambda n, f: told.append(n))
+                    try:
+                        code, out, err = cli("packages", "uninstall", "acme-textstats",
+                                             "1.0.0", config=str(config))
+                    finally:
+                        signal.signal(signal.SIGHUP, previous)
+                    assert code == 0, err
+                    assert "the daemon removes it once no run uses it" in out
+                    assert told == [signal.SIGHUP]
+                    daemon.rescan_packages()  # what the daemon does on SIGHUP
+                    assert env.path.is_dir()
+                    refused = await client.post("/runs", json=submit(
+                        "acme.textstats.count", {"text": "a b"}))
+                    assert refused.status_code == 400, refused.text
+                    [problem] = refused.json()["details"]
+                    assert problem["path"] == "$.workflow.nodes[0].package.name"
+                    assert "acme.textstats" in problem["message"]
+                    code, _, err = cli("packages", "uninstall", "acme-textstats", "1.0.0",
+                                       config=str(config))
+                    assert code == 2 and "being uninstalled already" in err
+                    release.touch()
+                    assert daemon.host is not None
+                    await daemon.host.scheduler.wait_run(run_id)
+                    [node] = (await client.get(f"/runs/{run_id}")).json()["nodes"]
+                    assert (node["status"], node["result"]) == ("succeeded",
+                                                                {"version": "1.0.0"})
+                    assert not env.path.exists()
+                    assert environments.installed() == []
+                    assert daemon.host.executors["subprocess"].statistics()["workers"] == 0
+            finally:
+                daemon.stop()

@@ -57,6 +57,16 @@ async def count(ctx: Context, params: dict) -> dict:
     """Count {what}."""
     text = params["text"]
     return {{"count": {expr}, "version": "{version}"}}
+
+
+@package.node("acme.textstats.hold", idempotent=True)
+async def hold(ctx: Context, params: dict) -> dict:
+    """Wait until the file `release` exists (a node that takes as long as a test wants)."""
+    import asyncio
+
+    while not os.path.exists(params["release"]):
+        await asyncio.sleep(0.005)
+    return {{"version": "{version}"}}
 '''
 
 

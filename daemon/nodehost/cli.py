@@ -651,19 +651,46 @@ def packages_uninstall(name: str, version: str, config_path: str | None) -> None
     found = environments.find(name, version)
     if found is None:
         raise _Fail(f"{name} {version} is not installed in {environments.root}")
-    environments.remove(found)
-    click.echo(f"uninstalled {found.distribution} {found.version} ({found.path})")
-    _tell_daemon(config)
+    if found.retired:
+        raise _Fail(f"{found.distribution} {found.version} is being uninstalled already: the "
+                    "daemon removes it once no run uses it")
+    if _daemon_pid(config) is None:
+        environments.remove(found)
+        click.echo(f"uninstalled {found.distribution} {found.version} ({found.path})")
+        return
+    # a running daemon's runs may use it: it offers it to no new run, removes it once unused
+    environments.retire(found)
+    if _tell_daemon(config):
+        click.echo(f"uninstalling {found.distribution} {found.version}: offered to no new "
+                   "run; the daemon removes it once no run uses it")
+    else:  # it stopped meanwhile
+        environments.remove(found)
+        click.echo(f"uninstalled {found.distribution} {found.version} ({found.path})")
 
 
-def _tell_daemon(config: Config) -> None:
-    """Ask a running daemon to rescan the environments (SIGHUP, as `nodehost reload`)."""
+def _daemon_pid(config: Config) -> int | None:
+    """The pid of the daemon running on this config's directories, if one is."""
     pidfile = os.path.join(config.server.runtime_path(), "nodehost.pid")
     try:
         with open(pidfile) as f:
-            os.kill(int(f.read().strip()), signal.SIGHUP)
+            pid = int(f.read().strip())
+        os.kill(pid, 0)
     except (OSError, ValueError):
-        return  # none running: it reads them when it starts
+        return None
+    return pid
+
+
+def _tell_daemon(config: Config) -> bool:
+    """Ask a running daemon to rescan the environments (SIGHUP, as `nodehost reload`);
+    False if none runs (it reads them when it starts)."""
+    pid = _daemon_pid(config)
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except OSError:
+        return False
+    return True
 
 
 def _print_packages(out: Console, listing: list[dict[str, Any]], errors: list[dict[str, Any]],

@@ -103,6 +103,9 @@ class ExecutorsConfig(_Section, frozen=True):
     # it sleeps: a chain of nodes does not pay the machine's wake-up latency per attempt
     # (CPU: at most this much per burst); 0 = sleep at once
     worker_poll_us: Annotated[int, Meta(ge=0, le=100_000)] = 300
+    # a sync node type run in-process whose attempts in threads keep within this (us) runs
+    # on the event loop instead (no thread hop); 0 = always in a thread
+    inline_sync_us: Annotated[int, Meta(ge=0, le=10_000)] = 100
 
     def concurrency_for(self, package: str) -> int:
         return self.per_package_concurrency.get(package, self.concurrency)

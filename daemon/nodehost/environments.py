@@ -34,10 +34,12 @@ from .descriptors import FORMAT, PackageDescriptor
 from .errors import NodehostError, PluginLoadError, rebuild
 from .plugins import Catalog, Location
 
-__all__ = ["AlreadyInstalled", "Environments", "InstallFailed", "Installed", "load_into"]
+__all__ = ["AlreadyInstalled", "Environments", "InstallFailed", "Installed", "add",
+           "load_into"]
 
 RUNTIME = ("nodehost", "msgspec", "pluggy")  # what a worker imports of nodehost's own
 DESCRIPTOR = "descriptor.json"
+RETIRED = "RETIRED"  # in an environment being uninstalled (a daemon's runs still use it)
 _WHEEL = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+)(-\d[^-]*)?-[^-]+-[^-]+-[^-]+\.whl$")
 _PINNED = re.compile(r"^\s*(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*(?P<version>[^\s;,]+)\s*$")
 
@@ -75,6 +77,7 @@ class Installed:
     installer: str
     spec: str
     installed_at: str
+    retired: bool = False  # being uninstalled: kept for the runs of a daemon that use it
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +123,8 @@ class Environments:
                 continue
             found.append(Installed(entry, stored.distribution, stored.version,
                                    entry / stored.python, stored.packages, stored.installer,
-                                   stored.spec, stored.installed_at))
+                                   stored.spec, stored.installed_at,
+                                   retired=(entry / RETIRED).exists()))
         return found, problems
 
     def installed(self) -> list[Installed]:
@@ -135,10 +139,15 @@ class Environments:
                 return env
         return None
 
-    def remove(self, env: Installed) -> None:
+    def retire(self, env: Installed) -> None:
+        """Mark an environment as being uninstalled: a daemon offers it to no new run, and
+        removes it once no run of its uses it (`remove`); never loaded again."""
+        _write_atomically(env.path / RETIRED, b"")
+
+    def remove(self, env: Installed | Path) -> None:
         """Delete an environment: renamed away first, so that it is never half there."""
         doomed = self.root / f".removing-{os.urandom(4).hex()}"
-        os.rename(env.path, doomed)
+        os.rename(env if isinstance(env, Path) else env.path, doomed)
         shutil.rmtree(doomed, ignore_errors=True)
 
     # --- installing ----------------------------------------------------------------------------
@@ -176,6 +185,7 @@ class Environments:
         name, version = match["name"], match["version"]
         path = self.root / f"{normalise(name)}-{version}"
         if (path / DESCRIPTOR).is_file():
+            _refuse_retired(spec, path)
             return AlreadyInstalled(path, name, version)
         return None
 
@@ -215,6 +225,7 @@ class Environments:
             distribution, _, version = providers[0].partition("==")
             final = self.root / f"{normalise(distribution)}-{version}"
             if (final / DESCRIPTOR).is_file():
+                _refuse_retired(spec, final)
                 return AlreadyInstalled(final, distribution, version)
             for env in self.installed():
                 for p in env.packages:
@@ -237,19 +248,34 @@ class Environments:
                 shutil.rmtree(building, ignore_errors=True)
 
 
+def _refuse_retired(spec: str, path: Path) -> None:
+    if (path / RETIRED).exists():
+        raise InstallFailed(spec, f"{path.name} is being uninstalled: runs of the daemon "
+                                  "still use it; install it again once they end")
+
+
 def load_into(catalog: Catalog, root: Path | str) -> list[str]:
-    """Add every installed environment's packages to a catalog; the problems found (an
-    unreadable environment, a package version provided twice), one line each."""
+    """Add every installed environment's packages to a catalog (one being uninstalled as
+    retired: for the runs recovered at start only); the problems found (an unreadable
+    environment, a package version provided twice), one line each."""
     installed, problems = Environments(root).scan()
     for env in installed:
-        location = Location(python=str(env.python), home=str(env.path))
-        for descriptor in env.packages:
-            try:
-                catalog.add_descriptor(descriptor, f"{env.distribution}=={env.version} "
-                                                   f"(environment {env.path})", location)
-            except PluginLoadError as exc:
-                problems.append(str(exc))
+        add(catalog, env, problems)
     return problems
+
+
+def add(catalog: Catalog, env: Installed, problems: list[str]) -> None:
+    """Add one environment's packages to a catalog (retired, if it is)."""
+    location = Location(python=str(env.python), home=str(env.path))
+    for descriptor in env.packages:
+        try:
+            catalog.add_descriptor(descriptor, f"{env.distribution}=={env.version} "
+                                               f"(environment {env.path})", location)
+        except PluginLoadError as exc:
+            problems.append(str(exc))
+            continue
+        if env.retired:
+            catalog.retire(descriptor.name, descriptor.version)
 
 
 def _installer(choice: str) -> tuple[str, list[str]]:

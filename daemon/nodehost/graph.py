@@ -68,3 +68,15 @@ class Graph(msgspec.Struct, kw_only=True, eq=False, gc=False):
 
     def __len__(self) -> int:
         return len(self.nodes)
+
+    def package_versions(self) -> set[tuple[str, str]]:
+        """The (package, version) pairs its nodes use, subgraphs included."""
+        found: set[tuple[str, str]] = set()
+        levels = [self]
+        while levels:
+            for node in levels.pop().nodes.values():
+                if node.spec is not None:
+                    found.add((node.spec.package, node.spec.version))
+                if node.subgraph is not None:
+                    levels.append(node.subgraph)
+        return found

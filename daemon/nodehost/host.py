@@ -235,7 +235,8 @@ def build_host(
     executors: dict[str, Executor] = {
         "inprocess": InProcessExecutor(threads=config.scheduler.parallelism,
                                        sandbox=config.sandbox, work_dirs=work_dirs,
-                                       code=catalog.code),
+                                       code=catalog.code,
+                                       inline_sync_us=config.executors.inline_sync_us),
         "subprocess": subprocess,
     }
 

@@ -37,8 +37,9 @@ from .commands import Forget
 from .config import Config, ConfigError, Listen
 from .configfile import read_tokens, token_path
 from .engine import utc_now
-from .environments import Environments
-from .errors import NodehostError, PluginLoadError
+from .environments import Environments, add
+from .errors import NodehostError
+from .events import Envelope, RunStatusEvent
 from .executors import landlock
 from .executors.subprocess import SubprocessExecutor
 from .host import Host
@@ -53,6 +54,8 @@ from .store.store import Recovered, Store
 __all__ = ["Daemon", "StartError", "bind_unix"]
 
 log = logging.getLogger(__name__)
+
+_FINAL = frozenset({"succeeded", "failed", "cancelled"})
 
 MAX_UNIX_PATH = 107  # sun_path is 108 bytes with the NUL
 REAP_SECONDS = 5.0  # how often orphans of workers are looked for (see descendants)
@@ -188,6 +191,7 @@ class Daemon:
         self._stop = anyio.Event()
         self._drain_scope: anyio.CancelScope | None = None
         self._stops = 0
+        self._retiring = True  # a package version may be being uninstalled: look
         self.orphans = descendants.OrphanReaper()
 
     # --- start-up ------------------------------------------------------------------------------
@@ -297,7 +301,8 @@ class Daemon:
         journal = self.journal
         assert journal is not None
         host, api = self.host, self.api = daemon_host(config, self.catalog, journal,
-                                                      protect=self._protected())
+                                                      protect=self._protected(),
+                                                      observers=[self._observe])
         workers = host.executors["subprocess"]
         if isinstance(workers, SubprocessExecutor):
             self.orphans = descendants.OrphanReaper(keep=lambda: workers.pids)
@@ -311,6 +316,7 @@ class Daemon:
             self.recovery = host.recover(self._recovered)
             self._recovered = None  # the commands are in the engine now
             api.restore(host.engine.runs.values())
+        self._remove_unused()  # what is being uninstalled, and no recovered run uses
         app = create_app(api, authenticator=self.authenticator, allowed_hosts=allowed)
         server = _EmbeddedServer(uvicorn.Config(
             app, http=_Protocol, ws="none", lifespan="off", log_config=None,
@@ -481,32 +487,65 @@ class Daemon:
 
     def rescan_packages(self) -> None:
         """Pick up package versions installed or uninstalled (`nodehost packages`) since
-        start: new ones are offered to new runs, gone ones to none (runs admitted already
-        keep what they were compiled with)."""
-        root = os.path.join(self.config.server.state_path(), "packages")
-        installed, problems = Environments(root).scan()
-        here = {str(env.path) for env in installed}
+        start: new ones are offered to new runs; one being uninstalled to none, and removed
+        once no run uses it (runs admitted already keep what they were compiled with)."""
+        installed, problems = self._environments().scan()
+        here = {str(env.path): env for env in installed}
         catalog = self.catalog
         for name, version in catalog.packages():
             location = catalog.location(name, version)
-            if location is not None and location.home is not None and location.home not in here:
+            if location is None or location.home is None:
+                continue
+            env = here.get(location.home)
+            if env is None or env.retired:
                 catalog.retire(name, version)
-                log.info("package %s==%s was uninstalled: offered to no new run", name, version)
+                log.info("package %s==%s is uninstalled: offered to no new run", name, version)
         known = {catalog.location(*key) for key in catalog.packages(retired=True)}
         for env in installed:
-            location = Location(python=str(env.python), home=str(env.path))
-            if location in known:
+            if Location(python=str(env.python), home=str(env.path)) in known or env.retired:
                 continue
+            add(catalog, env, problems)
             for descriptor in env.packages:
-                try:
-                    catalog.add_descriptor(descriptor, f"{env.distribution}=={env.version} "
-                                                       f"(environment {env.path})", location)
-                    log.info("package %s==%s installed: offered to new runs",
-                             descriptor.name, descriptor.version)
-                except PluginLoadError as exc:
-                    problems.append(str(exc))
+                log.info("package %s==%s installed: offered to new runs", descriptor.name,
+                         descriptor.version)
         for problem in problems:
             log.error("node packages: %s", problem)
+        self._remove_unused()
+
+    def _environments(self) -> Environments:
+        return Environments(os.path.join(self.config.server.state_path(), "packages"))
+
+    def _remove_unused(self) -> None:
+        """Remove the environments being uninstalled that no unfinished run uses any more
+        (and stop their workers)."""
+        catalog, host = self.catalog, self.host
+        retiring = {key: location.home for key in catalog.retired()
+                    if (location := catalog.location(*key)) is not None
+                    and location.home is not None}
+        if not retiring:
+            self._retiring = False
+            return
+        if host is not None:
+            for run in host.engine.runs.values():
+                if not run.final:
+                    for key in run.graph.package_versions() & retiring.keys():
+                        del retiring[key]
+        environments = self._environments()
+        workers = None if host is None else host.executors.get("subprocess")
+        for (name, version), home in retiring.items():
+            catalog.drop(name, version)
+            if isinstance(workers, SubprocessExecutor):
+                workers.stop_pools(name, version)
+            if os.path.isdir(home):
+                environments.remove(Path(home))
+            log.info("package %s==%s removed (%s)", name, version, home)
+        self._retiring = bool(catalog.retired())
+
+    def _observe(self, envelope: Envelope) -> None:
+        """A run that ends may have been the last to use a version being uninstalled."""
+        data = envelope.data
+        if self._retiring and isinstance(data, RunStatusEvent) and data.status in _FINAL:
+            self._remove_unused()
 
     def stop(self) -> None:
         """Ask the daemon to stop; asked again, it stops waiting for runs to finish."""

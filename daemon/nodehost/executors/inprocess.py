@@ -1,14 +1,25 @@
-"""The in-process executor: async node functions run on the event loop, sync ones in a thread.
+"""The in-process executor: async node functions run on the event loop, sync ones in a thread,
+or on the loop too once they have shown they are quick.
 
 A sync node runs in a worker thread of a bounded pool; its reports are handed back to the
 event loop (the engine is not thread-safe). When its attempt is cancelled the thread cannot
 be stopped from outside: the attempt is abandoned at once, `ctx.cancelled` turns true so a
 cooperative node can return early, and anything it reports afterwards is fenced off by the
 engine.
+
+A thread hop costs some 60-120 us on the machines nodehost runs on (two wake-ups), many
+times what a small sync function takes. So a node type whose last `PROMOTE_AFTER` attempts
+in a thread each took at most `inline_sync_us` ([executors]) runs on the event loop from
+then on, as an async node that never awaits; one inline attempt that takes more than
+`DEMOTE_FACTOR` times that sends the node type back to threads for the life of the process
+(logged). Attempts with a timeout always take a thread: only there can they be abandoned.
 """
 
 from __future__ import annotations
 
+import contextvars
+import logging
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -30,7 +41,14 @@ if TYPE_CHECKING:
     from ..reports import NodeReport
     from ..workdirs import WorkDirs
 
-__all__ = ["InProcessExecutor", "decode_parameters", "encode_results"]
+__all__ = ["DEMOTE_FACTOR", "PROMOTE_AFTER", "InProcessExecutor", "decode_parameters",
+           "encode_results"]
+
+log = logging.getLogger(__name__)
+
+PROMOTE_AFTER = 16  # quick attempts in a row, in threads, before a node type runs inline
+DEMOTE_FACTOR = 10  # an inline attempt over this many budgets goes back to threads for good
+_DEMOTED = -1
 
 
 def decode_parameters(spec: NodeSpec, parameters: dict[str, Any]) -> Any:
@@ -70,6 +88,12 @@ def _from_thread(reporter: Reporter) -> Reporter:
     return report
 
 
+def _timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+    started = time.perf_counter()
+    value = fn(*args)
+    return value, time.perf_counter() - started
+
+
 class InProcessExecutor:
     """Runs node functions in this process; `threads` bounds the sync nodes run at once (the
     composition root gives it the scheduler's parallelism)."""
@@ -77,9 +101,13 @@ class InProcessExecutor:
     def __init__(self, *, threads: int, sandbox: Sandbox | None = None,
                  work_dirs: WorkDirs | None = None,
                  code: Callable[[tuple[str, str, str]], NodeSpec | None] | None = None,
-                 ) -> None:
+                 inline_sync_us: int = 0) -> None:
         self._code = code or (lambda key: None)
         self._limiter = anyio.CapacityLimiter(threads)
+        self._budget = inline_sync_us / 1e6  # 0: sync nodes always take a thread
+        # per node type: quick attempts in a row in threads (PROMOTE_AFTER or more: it runs
+        # inline), or _DEMOTED
+        self._quick: dict[tuple[str, str, str], int] = {}
         self.sandbox = sandbox or Sandbox()
         self.work_dirs = work_dirs
 
@@ -96,13 +124,34 @@ class InProcessExecutor:
         if spec.is_async:
             ctx = self._context(attempt, reporter, is_cancelled)
             value = await spec.fn(ctx, params)
+        elif (self._quick.get(key := attempt.spec.key, 0) >= PROMOTE_AFTER
+              and attempt.timeout is None):
+            value = self._inline(key, spec, self._context(attempt, reporter, is_cancelled),
+                                 params)
         else:
             ctx = self._context(attempt, _from_thread(reporter), is_cancelled)
-            value = await anyio.to_thread.run_sync(
-                partial(spec.fn, ctx, params), abandon_on_cancel=True, limiter=self._limiter
-            )
+            value, took = await anyio.to_thread.run_sync(
+                partial(_timed, spec.fn, ctx, params), abandon_on_cancel=True,
+                limiter=self._limiter)
+            quick = self._quick.get(key, 0)
+            if self._budget and quick != _DEMOTED:
+                self._quick[key] = quick + 1 if took <= self._budget else 0
         return encode_results(spec, value)
 
+    def _inline(self, key: tuple[str, str, str], spec: NodeSpec, ctx: Context,
+                params: Any) -> Any:
+        """Run a quick sync node on the loop (in a context of its own, as a thread would);
+        send its type back to threads if it was not quick this time."""
+        started = time.perf_counter()
+        try:
+            return contextvars.copy_context().run(spec.fn, ctx, params)
+        finally:
+            took = time.perf_counter() - started
+            if took > self._budget * DEMOTE_FACTOR:
+                self._quick[key] = _DEMOTED
+                log.warning("node type %s of %s==%s took %.1f ms on the event loop: its "
+                            "attempts run in threads from now on", spec.type, spec.package,
+                            spec.version, took * 1000)
 
     def _context(self, attempt: Attempt, reporter: Reporter,
                  is_cancelled: Callable[[], bool]) -> Context:

@@ -158,15 +158,17 @@ class _Worker:
             os.killpg(self.pid, signal.SIGKILL)
 
     async def receive(self) -> bytes:
-        """What the worker wrote since the last call (b"": its end is closed)."""
-        while True:
-            fd = self.rfd
-            if fd < 0:
-                return b""
+        """What the worker wrote since the last call (b"": its end is closed). Always a
+        checkpoint: a worker that writes without pause must not keep the loop to itself."""
+        while self.rfd >= 0:
+            await anyio.wait_readable(self.rfd)
+            if self.rfd < 0:
+                break
             try:
-                return os.read(fd, 1 << 20)
+                return os.read(self.rfd, 1 << 20)
             except BlockingIOError:
-                await anyio.wait_readable(fd)
+                continue
+        return b""
 
     def close_pipes(self) -> None:
         ended = self.read_ended
@@ -273,6 +275,14 @@ class SubprocessExecutor:
                 elif nearest is None or left < nearest:
                     nearest = left
         return nearest
+
+    def stop_pools(self, package: str, version: str) -> None:
+        """Stop the workers of a package version (it is uninstalled, and unused)."""
+        for key in [k for k in self._pools if k[:2] == (package, version)]:
+            for worker in list(self._pools.pop(key)):
+                self._forget(worker)
+                if self._tg is not None:
+                    self._spawn_task(self._stop, worker)
 
     async def aclose(self) -> None:
         """Stop every worker."""
