@@ -34,7 +34,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 import anyio.abc
-import sniffio
 from anyio.abc import Process
 from msgspec import json
 
@@ -477,7 +476,7 @@ class SubprocessExecutor:
         re-registration per read, a chain pays this per attempt); else by waiting."""
         buffer = bytearray()
         try:
-            if sniffio.current_async_library() == "asyncio":
+            if _on_asyncio():
                 await self._read_by_callback(worker, buffer)
             else:
                 while data := await worker.receive():
@@ -747,6 +746,14 @@ def _not_importable(catalog: Catalog | None, spec: NodeType) -> str | None:
                 f"{module}.{qualname} is not importable (define it at module level, "
                 f"or run package {spec.package!r} in-process)")
     return None
+
+
+def _on_asyncio() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # trio's
+        return False
+    return True
 
 
 def _remove(temp: str | None) -> None:
