@@ -10,6 +10,7 @@ so the cycle collector need not walk its some three objects per node again and a
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -69,14 +70,16 @@ class Graph(msgspec.Struct, kw_only=True, eq=False, gc=False):
     def __len__(self) -> int:
         return len(self.nodes)
 
-    def package_versions(self) -> set[tuple[str, str]]:
-        """The (package, version) pairs its nodes use, subgraphs included."""
-        found: set[tuple[str, str]] = set()
+    def specs(self) -> Iterator[NodeType]:
+        """The node type of every node, subgraphs included (once per use)."""
         levels = [self]
         while levels:
             for node in levels.pop().nodes.values():
                 if node.spec is not None:
-                    found.add((node.spec.package, node.spec.version))
+                    yield node.spec
                 if node.subgraph is not None:
                     levels.append(node.subgraph)
-        return found
+
+    def package_versions(self) -> set[tuple[str, str]]:
+        """The (package, version) pairs its nodes use, subgraphs included."""
+        return {(spec.package, spec.version) for spec in self.specs()}

@@ -104,15 +104,7 @@ class Policy:
 
 def node_types(graph: Graph) -> frozenset[tuple[str, bool]]:
     """The distinct (node type, privileged) of a compiled graph, subgraphs included."""
-    found: set[tuple[str, bool]] = set()
-    stack = [graph]
-    while stack:
-        for gnode in stack.pop().nodes.values():
-            if gnode.spec is not None:
-                found.add((gnode.spec.type, gnode.spec.privileged))
-            if gnode.subgraph is not None:
-                stack.append(gnode.subgraph)
-    return frozenset(found)
+    return frozenset((spec.type, spec.privileged) for spec in graph.specs())
 
 
 def _privileged(graph: Graph) -> Iterator[str]:
