@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import importlib
 import os
 import resource
 import shutil
 import sys
 import threading
-import traceback
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -35,7 +33,7 @@ import msgspec
 
 from ..config import Sandbox
 from ..errors import Code, NodeError
-from ..node_api import Context, NodeSpec, Package
+from ..node_api import Context, NodeSpec
 from ..reports import Chunk, NodeReport
 from . import AttemptFailed, confinement, landlock
 from .coding import decode_parameters, encode_results
@@ -52,6 +50,7 @@ from .frames import (
     header,
     split,
 )
+from .loading import Registry, failed_frame
 from .polling import PollingSelector
 
 __all__ = ["main"]
@@ -138,75 +137,6 @@ class _Printed:
         return self._raw.fileno()
 
 
-class _Registry:
-    """The node types this worker can run, imported when first asked for."""
-
-    def __init__(self, load: Load) -> None:
-        self.load = load
-        self._specs: dict[str, NodeSpec] = {}
-        self._broken: dict[str, str] = {}
-        if load.functions is None:
-            self._from_entry_points()
-
-    def types(self) -> list[str]:
-        if self.load.functions is not None:
-            return sorted(self.load.functions)
-        return sorted(self._specs)
-
-    def _from_entry_points(self) -> None:
-        from ..plugins import PluginHost  # pluggy: only here, where entry points are loaded
-
-        host = PluginHost()
-        reports = host.load_entry_points()
-        load = self.load
-        for node_type in host.catalog.types(load.package, load.version):
-            spec = host.catalog.code((load.package, load.version, node_type))
-            if spec is not None:
-                self._specs[node_type] = spec
-        if not self._specs:
-            broken = "; ".join(f"{r.plugin}: {r.error}" for r in reports if not r.ok)
-            raise LookupError(f"no installed plugin here provides {load.package}=="
-                              f"{load.version}" + (f" ({broken})" if broken else ""))
-
-    def get(self, node_type: str) -> NodeSpec:
-        """The node type's spec; AttemptFailed (not retryable) if it cannot be imported."""
-        spec = self._specs.get(node_type)
-        if spec is not None:
-            return spec
-        problem = self._broken.get(node_type)
-        if problem is None:
-            target = (self.load.functions or {}).get(node_type)
-            if target is None:
-                problem = (f"package {self.load.package}=={self.load.version} has no node "
-                           f"type {node_type!r} here")
-            else:
-                try:
-                    spec = self._specs[node_type] = _import(self.load, node_type, target)
-                    return spec
-                except Exception as exc:
-                    problem = (f"the worker cannot import {target} (node type {node_type!r}):"
-                               f" {type(exc).__name__}: {exc}")
-            self._broken[node_type] = problem
-        raise AttemptFailed(_unavailable(problem), retryable=False)
-
-
-def _unavailable(message: str) -> Any:
-    from ..model import ErrorInfo
-
-    return ErrorInfo(code=Code.UNAVAILABLE, message=message)
-
-
-def _import(load: Load, node_type: str, target: str) -> NodeSpec:
-    """Import a node function and rebuild its spec (types come from its annotations)."""
-    module, _, qualname = target.partition(":")
-    obj: Any = importlib.import_module(module)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    registry = Package(load.package, load.version)
-    registry.node(node_type)(obj)
-    return registry.nodes[node_type]
-
-
 def _make_work_dir(path: str) -> Path:
     """The run's work directory, made on the node's first use of `ctx.work_dir`."""
     made = Path(path)
@@ -214,25 +144,8 @@ def _make_work_dir(path: str) -> Path:
     return made
 
 
-def _failed(slot: int, exc: BaseException) -> Failed:
-    if isinstance(exc, NodeError):
-        details = dict(exc.details or {})
-        if exc.remediation:
-            details["remediation"] = exc.remediation
-        return Failed(slot, exc.code, exc.message, details or None, retryable=exc.retryable)
-    if isinstance(exc, AttemptFailed):
-        return Failed(slot, exc.error.code, exc.error.message, exc.error.details,
-                      retryable=exc.retryable, raised=False)
-    if isinstance(exc, MemoryError):
-        return Failed(slot, Code.RUNNER_FAILURE, "the node ran out of memory (MemoryError)",
-                      {"memoryLimit": True})
-    tb = "".join(traceback.format_exception(exc, limit=-8))[-4000:]
-    return Failed(slot, Code.RUNNER_FAILURE, f"{type(exc).__name__}: {exc}",
-                  {"traceback": tb})
-
-
 class _Worker:
-    def __init__(self, registry: _Registry, out: _Out, printed: _Printed,
+    def __init__(self, registry: Registry, out: _Out, printed: _Printed,
                  loop: asyncio.AbstractEventLoop) -> None:
         self.registry = registry
         self.out = out
@@ -300,7 +213,7 @@ class _Worker:
             spec = self.registry.get(start.node_type)
             params = decode_parameters(spec, start.parameters)
         except AttemptFailed as exc:
-            self.finish(slot, _failed(slot, exc))
+            self.finish(slot, failed_frame(slot, exc))
             return
         if spec.is_async:
             self.tasks[slot] = self.loop.create_task(self.run_async(start, spec, params),
@@ -312,7 +225,7 @@ class _Worker:
             ctx = self.context(start, spec, lambda: False)
             outcome: Done | Failed = Done(slot, encode_results(spec, spec.fn(ctx, params)))
         except Exception as exc:
-            outcome = _failed(slot, exc)
+            outcome = failed_frame(slot, exc)
         finally:
             _SLOT.reset(token)
             self.out.holding = False
@@ -330,7 +243,7 @@ class _Worker:
             outcome = Failed(slot, Code.RUNNER_CANCELLED, "the node was cancelled", None,
                              retryable=False, raised=False)
         except Exception as exc:
-            outcome = _failed(slot, exc)
+            outcome = failed_frame(slot, exc)
         del self.tasks[slot]
         self.finish(slot, outcome)
 
@@ -386,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         if load is None:
             return 0
         try:
-            registry = _Registry(load)
+            registry = Registry(load)
         except Exception as exc:
             print(f"cannot load {load.package}=={load.version}: {type(exc).__name__}: {exc}",
                   file=sys.stderr)
