@@ -29,7 +29,7 @@ TIERS: dict[str, int] = {
     "scheduler": 4, "executors": 4, "executors.frames": 4, "executors.inprocess": 4,
     "executors.coding": 4, "executors.describe": 4, "executors.polling": 4,
     "executors.subprocess": 4, "executors.worker": 4, "executors.landlock": 4,
-    "executors.confinement": 4, "recovery": 4, "host": 4, "workdirs": 4,
+    "executors.confinement": 4, "executors.loading": 4, "recovery": 4, "host": 4, "workdirs": 4,
     # 5: the API and the daemon's surroundings
     "api": 5, "environments": 5, "auth": 5, "configfile": 5, "http": 5, "idempotency": 5,
     "metrics": 5,
